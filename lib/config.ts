@@ -1,0 +1,325 @@
+import { randomBytes } from 'node:crypto';
+
+/** Log levels in increasing severity; `silent` turns logging off. */
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** The parsed, frozen configuration every part of the core reads. */
+export interface ClusterConfig {
+  readonly instanceId: string;
+  readonly discoveryUrl: string | null;
+  readonly collection: string;
+  readonly service: string | null;
+  readonly endpointUrl: string | null;
+  readonly balancerUrl: string | null;
+  readonly secret: string | null;
+  readonly previousSecret: string | null;
+  readonly publicServices: readonly string[];
+  readonly uiService: string | null;
+  readonly selfWeight: number;
+  readonly capacity: number;
+  readonly heartbeatMs: number;
+  readonly staleMs: number;
+  readonly viewStaleMs: number;
+  readonly logLevel: LogLevel;
+  readonly dashboardPath: string;
+  readonly pathPrefix: string;
+  readonly disableWebsockets: boolean;
+  readonly disableSockjsCors: boolean;
+  readonly useJsessionid: boolean;
+  readonly appVersion: string | null;
+}
+
+/** What callers may pass in JS; every field is optional and wins over the environment. */
+export type ClusterOptions = { readonly [K in keyof ClusterConfig]?: ClusterConfig[K] | undefined };
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** A configuration value that can't be used: names the variable, the bad value and the fix. */
+export class ConfigError extends Error {
+  readonly variable: string;
+  readonly value: string;
+  readonly fix: string;
+
+  constructor(variable: string, value: string, fix: string) {
+    super(`${variable}=${value} is invalid: ${fix}`);
+    this.name = 'ConfigError';
+    this.variable = variable;
+    this.value = value;
+    this.fix = fix;
+  }
+}
+
+interface Field<T> {
+  readonly env: string;
+  readonly aliases?: readonly string[];
+  readonly secret?: boolean;
+  readonly parse: (raw: string, show: string) => T;
+}
+
+const MIN_SECRET_BYTES = 16;
+const MIN_HEARTBEAT_MS = 1000;
+
+function fail(field: { env: string }, show: string, fix: string): never {
+  throw new ConfigError(field.env, show, fix);
+}
+
+function httpUrl(env: string): Field<string> {
+  const field: Field<string> = {
+    env,
+    parse(raw, show) {
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        return fail(field, show, 'use an absolute http(s) URL, e.g. http://10.0.0.5:3000');
+      }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+        fail(field, show, `use http:// or https:// (got ${url.protocol}), e.g. http://10.0.0.5:3000`);
+      }
+      if (url.search || url.hash || url.username || url.password) {
+        fail(field, show, 'remove the query string, fragment and credentials from the URL');
+      }
+      return url.origin + url.pathname.replace(/\/+$/, '');
+    },
+  };
+  return field;
+}
+
+function integer(env: string, min: number, max: number, example: string): Field<number> {
+  const field: Field<number> = {
+    env,
+    parse(raw, show) {
+      const n = Number(raw.trim());
+      if (!Number.isInteger(n) || n < min || n > max) {
+        fail(field, show, `use a whole number from ${min} to ${max}, e.g. ${example}`);
+      }
+      return n;
+    },
+  };
+  return field;
+}
+
+const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000 };
+
+/** Durations are milliseconds, or a number with an `ms`, `s` or `m` suffix ("1500", "1.5s"). */
+function duration(env: string, minMs: number, example: string): Field<number> {
+  const field: Field<number> = {
+    env,
+    parse(raw, show) {
+      const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(raw);
+      const ms = m ? Math.round(Number(m[1]) * (UNIT_MS[m[2] ?? 'ms'] ?? 1)) : NaN;
+      if (!Number.isFinite(ms) || ms < minMs) {
+        fail(field, show, `use milliseconds of at least ${minMs}, or a value like "${example}"`);
+      }
+      return ms;
+    },
+  };
+  return field;
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+function name(env: string): Field<string> {
+  const field: Field<string> = {
+    env,
+    parse(raw, show) {
+      const v = raw.trim();
+      if (!NAME_RE.test(v)) fail(field, show, 'use 1-64 letters, digits, "_" or "-", starting with a letter or digit, e.g. web');
+      return v;
+    },
+  };
+  return field;
+}
+
+function nameList(env: string): Field<readonly string[]> {
+  const one = name(env);
+  return {
+    env,
+    parse(raw, show) {
+      const names = raw.split(',').map((s) => s.trim()).filter(Boolean);
+      return Object.freeze([...new Set(names.map((n) => one.parse(n, show)))]);
+    },
+  };
+}
+
+function secret(env: string): Field<string> {
+  const field: Field<string> = {
+    env,
+    secret: true,
+    parse(raw, show) {
+      if (Buffer.byteLength(raw) < MIN_SECRET_BYTES) {
+        fail(field, show, `use at least ${MIN_SECRET_BYTES} bytes, e.g. the output of \`openssl rand -hex 32\``);
+      }
+      return raw;
+    },
+  };
+  return field;
+}
+
+const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } = {
+  instanceId: name('CLUSTER_INSTANCE_ID'),
+  discoveryUrl: {
+    env: 'CLUSTER_DISCOVERY_URL',
+    secret: true, // may embed credentials
+    parse(raw, show) {
+      if (!/^mongodb(\+srv)?:\/\/[^/\s]+/.test(raw.trim())) {
+        fail(FIELDS.discoveryUrl, show, 'use a MongoDB URL: mongodb://host:27017/db or mongodb+srv://host/db');
+      }
+      return raw.trim();
+    },
+  },
+  collection: {
+    env: 'CLUSTER_COLLECTION',
+    parse(raw, show) {
+      const v = raw.trim();
+      if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,119}$/.test(v) || v.startsWith('system.')) {
+        fail(FIELDS.collection, show, 'use a plain collection name, e.g. clusterEndpoints');
+      }
+      return v;
+    },
+  },
+  service: name('CLUSTER_SERVICE'),
+  endpointUrl: httpUrl('CLUSTER_ENDPOINT_URL'),
+  balancerUrl: httpUrl('CLUSTER_BALANCER_URL'),
+  secret: secret('CLUSTER_SECRET'),
+  previousSecret: secret('CLUSTER_SECRET_PREVIOUS'),
+  publicServices: nameList('CLUSTER_PUBLIC_SERVICES'),
+  uiService: name('CLUSTER_UI_SERVICE'),
+  selfWeight: {
+    env: 'CLUSTER_SELF_WEIGHT',
+    parse(raw, show) {
+      const n = Number(raw.trim());
+      if (raw.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) {
+        fail(FIELDS.selfWeight, show, 'use a number from 0 (only proxy) to 1 (serve a full share here), e.g. 0.5');
+      }
+      return n;
+    },
+  },
+  capacity: integer('CLUSTER_CAPACITY', 1, 10_000_000, '2000'),
+  heartbeatMs: duration('CLUSTER_HEARTBEAT_INTERVAL', MIN_HEARTBEAT_MS, '1s'),
+  staleMs: duration('CLUSTER_STALE_HORIZON', 2000, '5s'),
+  viewStaleMs: duration('CLUSTER_VIEW_STALE_AFTER', 1000, '30s'),
+  logLevel: {
+    env: 'CLUSTER_LOG_LEVEL',
+    parse(raw, show) {
+      const v = raw.trim().toLowerCase();
+      if (!(LOG_LEVELS as readonly string[]).includes(v)) fail(FIELDS.logLevel, show, `use one of ${LOG_LEVELS.join(', ')}`);
+      return v as LogLevel;
+    },
+  },
+  dashboardPath: urlPath('CLUSTER_DASHBOARD_PATH', false),
+  pathPrefix: urlPath('ROOT_URL_PATH_PREFIX', true),
+  disableWebsockets: flag('DISABLE_WEBSOCKETS'),
+  disableSockjsCors: flag('DISABLE_SOCKJS_CORS'),
+  useJsessionid: flag('USE_JSESSIONID'),
+  appVersion: {
+    env: 'CLUSTER_APP_VERSION',
+    parse: (raw, show) => {
+      const v = raw.trim();
+      if (v.length > 128) fail(FIELDS.appVersion, show, 'use at most 128 characters, e.g. 1.4.2');
+      return v;
+    },
+  },
+};
+
+/** Meteor's own switches: any non-empty value turns them on. */
+function flag(env: string): Field<boolean> {
+  return { env, parse: (raw) => raw !== '' && raw !== '0' && raw.toLowerCase() !== 'false' };
+}
+
+function urlPath(env: string, emptyAllowed: boolean): Field<string> {
+  const field: Field<string> = {
+    env,
+    parse(raw, show) {
+      let v = raw.trim().replace(/\/+$/, '');
+      if (v !== '' && !v.startsWith('/')) v = '/' + v;
+      if ((!emptyAllowed && v === '') || !/^(\/[A-Za-z0-9._~-]+)*$/.test(v)) {
+        fail(field, show, `use a path of plain segments, e.g. ${emptyAllowed ? '/app' : '/cluster'}`);
+      }
+      return v;
+    },
+  };
+  return field;
+}
+
+function defaults(): ClusterConfig {
+  return {
+    instanceId: randomBytes(9).toString('base64url'),
+    discoveryUrl: null,
+    collection: 'clusterEndpoints',
+    service: null,
+    endpointUrl: null,
+    balancerUrl: null,
+    secret: null,
+    previousSecret: null,
+    publicServices: Object.freeze([]),
+    uiService: null,
+    selfWeight: 1,
+    capacity: 1000,
+    heartbeatMs: 1000,
+    staleMs: 5000,
+    viewStaleMs: 30_000,
+    logLevel: 'info',
+    dashboardPath: '/cluster',
+    pathPrefix: '',
+    disableWebsockets: false,
+    disableSockjsCors: false,
+    useJsessionid: false,
+    appVersion: null,
+  };
+}
+
+function shown(field: Field<unknown>, raw: string): string {
+  return field.secret ? `<redacted, ${Buffer.byteLength(raw)} bytes>` : JSON.stringify(raw);
+}
+
+/**
+ * Builds the configuration once: defaults, then environment variables, then JS options.
+ * Throws a ConfigError naming the first bad variable; never includes a secret in the message.
+ */
+export function parseConfig(options: ClusterOptions = {}, env: Env = process.env): ClusterConfig {
+  const out: Record<string, unknown> = { ...defaults() };
+  for (const key of Object.keys(FIELDS) as (keyof ClusterConfig)[]) {
+    const field = FIELDS[key] as Field<unknown>;
+    const raw = env[field.env];
+    if (raw !== undefined && raw !== '') out[key] = field.parse(raw, shown(field, raw));
+    const opt = options[key];
+    if (opt !== undefined) out[key] = fromOption(key, field, opt);
+  }
+  return validate(Object.freeze(out) as unknown as ClusterConfig);
+}
+
+/** JS options go through the same parser as env vars, so both faces give the same errors. */
+function fromOption(key: string, field: Field<unknown>, value: unknown): unknown {
+  if (value === null) return null;
+  const raw = Array.isArray(value) ? value.join(',') : String(value);
+  const named = { ...field, env: `options.${key} (${field.env})` };
+  try {
+    return field.parse(raw, shown(field, raw));
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(named.env, err.value, err.fix);
+    throw err;
+  }
+}
+
+function validate(c: ClusterConfig): ClusterConfig {
+  if (c.staleMs < 2 * c.heartbeatMs) {
+    throw new ConfigError('CLUSTER_STALE_HORIZON', String(c.staleMs),
+      `use at least twice CLUSTER_HEARTBEAT_INTERVAL (${c.heartbeatMs} ms), e.g. ${3 * c.heartbeatMs}`);
+  }
+  if (c.previousSecret !== null && c.secret === null) {
+    throw new ConfigError('CLUSTER_SECRET_PREVIOUS', '<redacted>', 'set CLUSTER_SECRET too: the previous secret only verifies, the current one signs');
+  }
+  return c;
+}
+
+/** The config with secrets replaced, for logs and the dashboard. */
+export function redactedConfig(c: ClusterConfig): Record<string, unknown> {
+  return {
+    ...c,
+    secret: c.secret === null ? null : '<redacted>',
+    previousSecret: c.previousSecret === null ? null : '<redacted>',
+    discoveryUrl: c.discoveryUrl === null ? null : c.discoveryUrl.replace(/\/\/[^@/]*@/, '//<redacted>@'),
+  };
+}

@@ -1,0 +1,71 @@
+import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from 'node:perf_hooks';
+
+/** What an instance reports about itself in every heartbeat. */
+export interface LoadSnapshot {
+  /** Live DDP sessions served here. */
+  readonly sessions: number;
+  /** Sessions this instance is sized for (CLUSTER_CAPACITY). */
+  readonly capacity: number;
+  /** Event-loop utilization over the last interval, 0..1. */
+  readonly elu: number;
+  /** Event-loop delay p99 over the last interval, ms. */
+  readonly delayMs: number;
+  /** CPU used over the last interval, in cores (1 = one core fully busy). */
+  readonly cpu: number;
+  /** Resident set size, bytes. */
+  readonly rss: number;
+}
+
+export const EMPTY_LOAD: LoadSnapshot = Object.freeze({ sessions: 0, capacity: 1, elu: 0, delayMs: 0, cpu: 0, rss: 0 });
+
+/**
+ * Samples process figures between calls to `sample()`; the caller decides the interval
+ * (the heartbeat), so nothing here runs on a timer of its own.
+ */
+export class LoadSampler {
+  readonly #sessions: () => number;
+  readonly #capacity: number;
+  readonly #delay: IntervalHistogram;
+  #elu: EventLoopUtilization;
+  #cpu: NodeJS.CpuUsage;
+  #at: number;
+
+  constructor(sessions: () => number, capacity: number) {
+    this.#sessions = sessions;
+    this.#capacity = capacity;
+    this.#delay = monitorEventLoopDelay({ resolution: 20 });
+    this.#delay.enable();
+    this.#elu = performance.eventLoopUtilization();
+    this.#cpu = process.cpuUsage();
+    this.#at = performance.now();
+  }
+
+  sample(): LoadSnapshot {
+    const now = performance.now();
+    const elu = performance.eventLoopUtilization(this.#elu);
+    const cpu = process.cpuUsage(this.#cpu);
+    const elapsedUs = Math.max(1, (now - this.#at) * 1000);
+    const snapshot: LoadSnapshot = {
+      sessions: this.#sessions(),
+      capacity: this.#capacity,
+      elu: round(elu.utilization, 3),
+      delayMs: round(this.#delay.count > 0 ? this.#delay.percentile(99) / 1e6 : 0, 1),
+      cpu: round((cpu.user + cpu.system) / elapsedUs, 3),
+      rss: process.memoryUsage.rss(),
+    };
+    this.#elu = performance.eventLoopUtilization();
+    this.#cpu = process.cpuUsage();
+    this.#at = now;
+    this.#delay.reset();
+    return snapshot;
+  }
+
+  close(): void {
+    this.#delay.disable();
+  }
+}
+
+function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}

@@ -47,8 +47,8 @@ const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export function checkEntry(raw: unknown, keys: Keys | null): EntryCheck {
   if (typeof raw !== 'object' || raw === null) return bad('?', 'not a document');
   const d = raw as Record<string, unknown>;
-  const id = typeof d._id === 'string' ? d._id : '?';
-  if (!ID_RE.test(id)) return bad(String(d._id), 'bad _id');
+  const id = typeof d._id === 'string' ? d._id.slice(0, 64) : safeString(d._id);
+  if (typeof d._id !== 'string' || !ID_RE.test(d._id)) return bad(id, 'bad _id');
   if (typeof d.service !== 'string' || !ID_RE.test(d.service)) return bad(id, 'bad service');
   if (typeof d.endpoint !== 'string' || !isHttpUrl(d.endpoint)) return bad(id, 'bad endpoint');
   if (d.balancer !== null && d.balancer !== undefined && (typeof d.balancer !== 'string' || !isHttpUrl(d.balancer))) {
@@ -56,7 +56,7 @@ export function checkEntry(raw: unknown, keys: Keys | null): EntryCheck {
   }
   const balancer = typeof d.balancer === 'string' ? d.balancer : null;
   if (!(MEMBER_STATES as readonly unknown[]).includes(d.state)) return bad(id, 'bad state');
-  if (!(d.heartbeatAt instanceof Date) || !(d.startedAt instanceof Date)) return bad(id, 'bad dates');
+  if (!isDate(d.heartbeatAt) || !isDate(d.startedAt)) return bad(id, 'bad dates');
   if (keys !== null) {
     if (typeof d.sig !== 'string') return bad(id, 'unsigned');
     if (!verify(keys, identity({ _id: id, service: d.service, endpoint: d.endpoint, balancer }), d.sig)) {
@@ -89,8 +89,22 @@ function bad(id: string, reason: string): EntryCheck {
   return { ok: false, id, reason };
 }
 
+/** For log lines about a rejected document: never throws, never long. */
+function safeString(v: unknown): string {
+  try {
+    return String(v).slice(0, 64);
+  } catch {
+    return '?';
+  }
+}
+
+function isDate(v: unknown): v is Date {
+  return v instanceof Date && !Number.isNaN(v.getTime());
+}
+
 function isHttpUrl(s: string): boolean {
-  if (s.length > 2048) return false;
+  // new URL() silently strips whitespace and control characters; the raw string is what we'd store.
+  if (s.length > 2048 || /[\x00-\x20\x7f]/.test(s)) return false;
   try {
     const u = new URL(s);
     return (u.protocol === 'http:' || u.protocol === 'https:') && !u.username && !u.password;

@@ -1,0 +1,137 @@
+/**
+ * What a request is, from its method and URL alone: no I/O, no cluster state.
+ *
+ * Paths understood (after ROOT_URL_PATH_PREFIX):
+ *   /sockjs/info, /sockjs/<server>/<session>/<transport>, /sockjs/websocket, /sockjs/iframe*.html
+ *   /websocket                                   raw websocket (Meteor rewrites it to /sockjs/websocket)
+ *   /cluster-ddp/<endpointHash>/<service>/...    pinned: the same, on the named endpoint
+ *   /<service>/sockjs/..., /<service>/websocket  public service through any balancer
+ *   <dashboardPath>[/...], <dashboardPath>/health
+ * Everything else is the app's (pages, assets, routes).
+ */
+
+export const TRANSPORTS = ['websocket', 'xhr', 'xhr_send', 'xhr_streaming', 'eventsource', 'htmlfile', 'jsonp', 'jsonp_send'] as const;
+export type Transport = (typeof TRANSPORTS)[number];
+
+/**
+ * Transports whose request always starts a new sockjs session. Only websocket: streaming
+ * transports (xhr_streaming, eventsource, htmlfile) re-request the same session URL each time
+ * sockjs ends a response (every 128 KiB), so they are polls of an existing session too.
+ */
+const OPENING: ReadonlySet<Transport> = new Set(['websocket']);
+
+/** Where a DDP request was addressed: its service (null = the default) and pinned endpoint hash. */
+export interface Address {
+  readonly service: string | null;
+  readonly pinned: string | null;
+}
+
+export type RequestFacts =
+  | (Address & { readonly kind: 'info'; readonly localUrl: string })
+  | (Address & {
+      readonly kind: 'transport';
+      readonly serverId: string;
+      readonly sessionId: string;
+      readonly transport: Transport;
+      /** True when this request always creates its session (websocket). */
+      readonly opens: boolean;
+      readonly localUrl: string;
+    })
+  | (Address & { readonly kind: 'raw-websocket'; readonly localUrl: string })
+  | (Address & { readonly kind: 'sockjs-other'; readonly localUrl: string })
+  | { readonly kind: 'dashboard'; readonly sub: string }
+  | { readonly kind: 'health' }
+  | { readonly kind: 'page' }
+  | { readonly kind: 'malformed'; readonly status: 400 | 404 | 414; readonly reason: string };
+
+export type DdpFacts = Extract<RequestFacts, { localUrl: string }>;
+
+export interface ClassifyOptions {
+  /** ROOT_URL_PATH_PREFIX, '' or '/app'. */
+  readonly pathPrefix: string;
+  /** CLUSTER_DASHBOARD_PATH, e.g. '/cluster'. */
+  readonly dashboardPath: string;
+}
+
+export const MAX_URL_LENGTH = 8192;
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const HASH = /^[0-9a-f]{8,64}$/;
+// sockjs-node accepts [^/.]+; we also bound the length and refuse control characters.
+const SERVER_ID = /^[^/.\x00-\x20\x7f]{1,64}$/;
+const SESSION_ID = /^[^/.\x00-\x20\x7f]{1,128}$/;
+const IFRAME = /^\/iframe[0-9a-z.-]*\.html$/;
+
+const malformed = (status: 400 | 404 | 414, reason: string): RequestFacts => ({ kind: 'malformed', status, reason });
+
+export function classify(rawUrl: string, opts: ClassifyOptions): RequestFacts {
+  if (rawUrl.length > MAX_URL_LENGTH) return malformed(414, 'URL too long');
+  const q = rawUrl.indexOf('?');
+  const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  const query = q === -1 ? '' : rawUrl.slice(q);
+  if (!path.startsWith('/')) return { kind: 'page' };
+
+  const prefix = opts.pathPrefix;
+  if (prefix !== '' && path !== prefix && !path.startsWith(prefix + '/')) return { kind: 'page' };
+  const rest = path.slice(prefix.length) || '/';
+
+  const dash = opts.dashboardPath;
+  if (rest === dash + '/health') return { kind: 'health' };
+  if (rest === dash || rest.startsWith(dash + '/')) return { kind: 'dashboard', sub: rest.slice(dash.length) || '/' };
+
+  if (rest === '/sockjs' || rest.startsWith('/sockjs/')) {
+    return sockjs(rest.slice('/sockjs'.length), query, { service: null, pinned: null }, prefix);
+  }
+  if (rest === '/websocket' || rest === '/websocket/') {
+    return { kind: 'raw-websocket', service: null, pinned: null, localUrl: `${prefix}/websocket${query}` };
+  }
+  if (rest.startsWith('/cluster-ddp/')) return pinned(rest, query, prefix);
+
+  // /<service>/sockjs/... or /<service>/websocket: a public service through any balancer.
+  const slash = rest.indexOf('/', 1);
+  if (slash > 1) {
+    const service = rest.slice(1, slash);
+    const tail = rest.slice(slash);
+    if (NAME.test(service)) {
+      if (tail === '/sockjs' || tail.startsWith('/sockjs/')) {
+        return sockjs(tail.slice('/sockjs'.length), query, { service, pinned: null }, prefix);
+      }
+      if (tail === '/websocket' || tail === '/websocket/') {
+        return { kind: 'raw-websocket', service, pinned: null, localUrl: `${prefix}/websocket${query}` };
+      }
+    }
+  }
+  return { kind: 'page' };
+}
+
+function pinned(rest: string, query: string, prefix: string): RequestFacts {
+  // /cluster-ddp/<hash>/<service><tail>
+  const parts = rest.split('/');
+  const hash = parts[2] ?? '';
+  const service = parts[3] ?? '';
+  if (!HASH.test(hash)) return malformed(404, 'unknown endpoint');
+  if (!NAME.test(service)) return malformed(400, 'bad service name');
+  const tail = rest.slice(`/cluster-ddp/${hash}/${service}`.length);
+  if (tail === '/websocket' || tail === '/websocket/') {
+    return { kind: 'raw-websocket', service, pinned: hash, localUrl: `${prefix}/websocket${query}` };
+  }
+  // meteorhacks:cluster's base_url was <balancer>/cluster-ddp/<hash>/<service>, sockjs appends its paths.
+  const sock = tail.startsWith('/sockjs/') || tail === '/sockjs' ? tail.slice('/sockjs'.length) : tail;
+  return sockjs(sock, query, { service, pinned: hash }, prefix);
+}
+
+function sockjs(tail: string, query: string, address: Address, prefix: string): RequestFacts {
+  const localUrl = `${prefix}/sockjs${tail}${query}`;
+  if (tail === '' || tail === '/') return { kind: 'sockjs-other', ...address, localUrl };
+  if (tail === '/info') return { kind: 'info', ...address, localUrl };
+  if (tail === '/websocket' || tail === '/websocket/') return { kind: 'raw-websocket', ...address, localUrl: `${prefix}/websocket${query}` };
+  if (IFRAME.test(tail)) return { kind: 'sockjs-other', ...address, localUrl };
+  const parts = tail.split('/');
+  if (parts.length !== 4) return malformed(404, 'not a sockjs path');
+  const serverId = parts[1] ?? '';
+  const sessionId = parts[2] ?? '';
+  const transport = parts[3] ?? '';
+  if (!SERVER_ID.test(serverId) || !SESSION_ID.test(sessionId)) return malformed(404, 'bad sockjs session path');
+  if (!(TRANSPORTS as readonly string[]).includes(transport)) return malformed(404, 'unknown sockjs transport');
+  const t = transport as Transport;
+  return { kind: 'transport', ...address, serverId, sessionId, transport: t, opens: OPENING.has(t), localUrl };
+}

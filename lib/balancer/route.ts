@@ -1,0 +1,181 @@
+/**
+ * The routing decision: one pure function from (request facts, this instance, the membership
+ * view, policy, the balancer's small local state) to serve here | proxy to a member | pin a new
+ * session to a member (sockjs info) | reject. No I/O, no clock, no randomness of its own.
+ */
+import type { Member, MembershipView } from '../discovery/view';
+import type { DdpFacts } from './classify';
+import { rendezvous } from './rendezvous';
+
+export interface RoutePolicy {
+  /** CLUSTER_SELF_WEIGHT: 1 = a full share here, 0 = only proxy (unless nobody else can serve). */
+  readonly selfWeight: number;
+  /** Stay here unless the best peer is this much less loaded (relative) ... */
+  readonly hysteresis: number;
+  /** ... plus this many sessions (absolute), so small clusters don't flap on one session. */
+  readonly hysteresisSessions: number;
+  readonly publicServices: readonly string[];
+  /** CLUSTER_UI_SERVICE: the service behind pages and the default DDP connection. */
+  readonly uiService: string | null;
+}
+
+export interface RouteState {
+  /** Sessions routed to a member that its last load report doesn't include yet. */
+  readonly pending: (memberId: string) => number;
+  /** The member this balancer already routed this sockjs session to, if any. */
+  readonly sessionOwner: string | null;
+  /** Members that already failed for this very request (retries). */
+  readonly excluded: ReadonlySet<string>;
+  /** The request carried a verified hop header: a peer already chose this instance. */
+  readonly hop: boolean;
+  /** Endpoint hash from the UI affinity cookie, for page requests. */
+  readonly cookieHash: string | null;
+  /** Uniform in [0, 1); injected so tests are deterministic. */
+  readonly random: () => number;
+}
+
+export type Decision =
+  | { readonly action: 'serve'; readonly reason: string; readonly newSession: boolean }
+  | { readonly action: 'proxy'; readonly member: Member; readonly reason: string; readonly newSession: boolean; readonly setCookie: boolean }
+  | { readonly action: 'pin'; readonly member: Member; readonly reason: string }
+  | { readonly action: 'reject'; readonly status: 404 | 503; readonly reason: string };
+
+export interface RouteInput {
+  readonly facts: DdpFacts | { readonly kind: 'page' };
+  readonly view: MembershipView;
+  readonly policy: RoutePolicy;
+  readonly state: RouteState;
+}
+
+const serve = (reason: string, newSession = false): Decision => ({ action: 'serve', reason, newSession });
+const reject = (status: 404 | 503, reason: string): Decision => ({ action: 'reject', status, reason });
+
+export function route(input: RouteInput): Decision {
+  const { facts, view, state } = input;
+  if (state.hop) return serve('hop from a peer');
+  if (facts.kind === 'page') return routePage(input);
+
+  const self = view.self;
+  const service = facts.service ?? input.policy.uiService ?? self?.service ?? null;
+  if (service === null) return serve('not clustered');
+  if (facts.service !== null && !reachable(facts.service, input)) return reject(404, `service ${facts.service} is not public`);
+
+  switch (facts.kind) {
+    case 'info':
+      return routeInfo(input, service, facts.pinned);
+    case 'transport':
+      if (facts.pinned !== null) return routePinned(input, service, facts.pinned, facts.opens);
+      return routeSession(input, service, facts.sessionId, facts.opens);
+    case 'raw-websocket':
+      if (facts.pinned !== null) return routePinned(input, service, facts.pinned, true);
+      return toTarget(input, service, pickNew(input, service), 'least loaded', true);
+    case 'sockjs-other':
+      if (self !== null && self.service === service) return serve('stateless sockjs resource');
+      return toTarget(input, service, pickNew(input, service), 'stateless sockjs resource', false);
+  }
+}
+
+/** Whether a service named in the path may be reached through this balancer. */
+function reachable(service: string, { view, policy }: RouteInput): boolean {
+  return service === view.self?.service || service === policy.uiService || policy.publicServices.includes(service);
+}
+
+function routeInfo(input: RouteInput, service: string, pinnedHash: string | null): Decision {
+  const pinned = pinnedHash === null ? undefined : input.view.byEndpointHash.get(pinnedHash);
+  if (pinned && pinned.service === service && pinned.healthy && pinned.state === 'serving' && !input.state.excluded.has(pinned.id)) {
+    return { action: 'pin', member: pinned, reason: 'pinned endpoint' };
+  }
+  const member = pickNew(input, service);
+  if (member) return { action: 'pin', member, reason: 'least loaded' };
+  return fallback(input, service);
+}
+
+function routePinned(input: RouteInput, service: string, hash: string, opens: boolean): Decision {
+  const member = input.view.byEndpointHash.get(hash);
+  // Existing sessions stay on a draining member; only a dead or unknown one loses them. A new
+  // session (websocket) goes to a member that takes new sessions.
+  if (member && member.service === service && member.healthy && !input.state.excluded.has(member.id)
+    && (!opens || member.state === 'serving')) {
+    return toTarget(input, service, member, 'pinned endpoint', opens);
+  }
+  if (opens) return toTarget(input, service, pickNew(input, service), 'pinned endpoint gone, fresh pick', true);
+  return reject(404, member ? 'pinned endpoint is down' : 'no such endpoint');
+}
+
+function routeSession(input: RouteInput, service: string, sessionId: string, opens: boolean): Decision {
+  const { view, state } = input;
+  const owner = state.sessionOwner === null ? undefined : view.byId.get(state.sessionOwner);
+  if (owner && owner.service === service && owner.healthy && !state.excluded.has(owner.id)) return toTarget(input, service, owner, 'session table', false);
+  if (opens) return toTarget(input, service, pickNew(input, service), 'least loaded', true);
+  // A polling session with no pin: every balancer maps its id to the same member.
+  const members = (view.byService.get(service) ?? []).filter((m) => m.healthy && !state.excluded.has(m.id));
+  const member = rendezvous(sessionId, members);
+  if (member) return toTarget(input, service, member, 'rendezvous', false);
+  return fallback(input, service);
+}
+
+function routePage(input: RouteInput): Decision {
+  const { view, policy, state } = input;
+  const ui = policy.uiService;
+  const self = view.self;
+  if (ui === null || (self !== null && self.service === ui && self.state === 'serving')) return serve('page');
+  const cookie = state.cookieHash === null ? undefined : view.byEndpointHash.get(state.cookieHash);
+  if (cookie && cookie.service === ui && cookie.healthy && cookie.state === 'serving' && !state.excluded.has(cookie.id)) {
+    return toTarget(input, ui, cookie, 'ui cookie', false);
+  }
+  const member = pickNew(input, ui);
+  if (!member) return serve('no ui member; page served here');
+  if (member.self) return serve('page');
+  return { action: 'proxy', member, reason: 'ui service', newSession: false, setCookie: true };
+}
+
+function toTarget(input: RouteInput, service: string, member: Member | null, reason: string, newSession: boolean): Decision {
+  if (member === null) return fallback(input, service);
+  if (member.self) return serve(reason, newSession);
+  return { action: 'proxy', member, reason, newSession, setCookie: false };
+}
+
+/** Nobody eligible: serve here if this instance has the service at all (never take the app down). */
+function fallback({ view }: RouteInput, service: string): Decision {
+  if (view.self !== null && view.self.service === service) return serve('no eligible member; serving here', true);
+  return reject(503, `no healthy member of service ${service}`);
+}
+
+/**
+ * A member for a new session: power of two choices on load over healthy serving members,
+ * then a preference for this instance unless the winner is clearly less loaded.
+ */
+export function pickNew(input: RouteInput, service: string): Member | null {
+  const { view, state, policy } = input;
+  const candidates = (view.byService.get(service) ?? []).filter(
+    (m) => m.healthy && m.state === 'serving' && !state.excluded.has(m.id),
+  );
+  if (candidates.length === 0) return null;
+  if (candidates.length === 1) return candidates[0] ?? null;
+  const score = (m: Member): number => loadScore(m, state.pending(m.id), m.self ? policy.selfWeight : 1);
+
+  const i = Math.floor(state.random() * candidates.length) % candidates.length;
+  let j = Math.floor(state.random() * (candidates.length - 1)) % (candidates.length - 1);
+  if (j >= i) j++;
+  const a = candidates[i] as Member;
+  const b = candidates[j] as Member;
+  const sa = score(a);
+  const sb = score(b);
+  const best = sa < sb || (sa === sb && a.id < b.id) ? a : b;
+
+  const self = candidates.find((m) => m.self);
+  if (!self || best === self || policy.selfWeight === 0) return best;
+  const selfScore = score(self);
+  const margin = policy.hysteresisSessions / (self.load.capacity * policy.selfWeight);
+  return selfScore <= Math.min(sa, sb) * (1 + policy.hysteresis) + margin ? self : best;
+}
+
+/**
+ * Sessions (reported + pending + this one) per unit of weighted capacity, like HAProxy's
+ * leastconn with weights. Event-loop figures are reported but not used here: sampled at
+ * different moments by different members they add noise, not signal, to a per-session choice.
+ */
+export function loadScore(m: Member, pending: number, weight: number): number {
+  if (weight <= 0) return Infinity;
+  return (m.load.sessions + pending + 1) / (Math.max(1, m.load.capacity) * weight);
+}

@@ -1,0 +1,226 @@
+/**
+ * `attach(httpServer, options)`: puts the cluster in front of a Node http.Server that already has
+ * its DDP server (sockjs) installed. Every 'request' and 'upgrade' reaches the balancer first; what
+ * it serves here goes to the listeners that were installed before, exactly as they'd have run.
+ */
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { parseConfig, redactedConfig, type ClusterConfig, type ClusterOptions } from './config';
+import type { MemberState } from './discovery/entry';
+import { Registry, type RegistryEvents } from './discovery/registry';
+import type { MembershipView } from './discovery/view';
+import { LoadSampler } from './load';
+import { createLogger, type Logger } from './log';
+import { keysFrom } from './sign';
+import { Balancer, rejectUpgrade, reply, type BalancerStats } from './balancer/balancer';
+
+export interface AttachOptions extends ClusterOptions {
+  /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
+  readonly sessionCount?: () => number;
+  readonly logger?: Logger;
+  /** Environment to read CLUSTER_* from; defaults to process.env. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Uniform random in [0, 1) for the power-of-two-choices pick; for deterministic tests. */
+  readonly random?: () => number;
+}
+
+export interface ClusterStats extends BalancerStats {
+  readonly instanceId: string;
+  readonly state: MemberState;
+  readonly sessions: number;
+  readonly members: number;
+  readonly healthyMembers: number;
+  readonly discoveryOk: boolean;
+}
+
+export interface ClusterHandle {
+  readonly config: ClusterConfig;
+  readonly logger: Logger;
+  view(): MembershipView;
+  stats(): ClusterStats;
+  /** Resolves after the first successful discovery poll (at once without discovery). */
+  ready(): Promise<void>;
+  setState(state: MemberState): void;
+  on<E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void): void;
+  off<E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void): void;
+  /** Deregisters, stops timers and puts the original listeners back. */
+  close(): Promise<void>;
+}
+
+type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
+type UpgradeListener = (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+
+const MAINTAIN_EVERY_MS = 5_000;
+
+export function attach(server: Server, options: AttachOptions = {}): ClusterHandle {
+  const config = parseConfig(options, options.env ?? process.env);
+  const logger = options.logger ?? createLogger(config.logLevel, { instance: config.instanceId });
+  const keys = keysFrom(config.secret, config.previousSecret);
+  if (keys === null && config.discoveryUrl !== null) {
+    logger.warn('cluster.no_secret', {
+      note: 'CLUSTER_SECRET is not set: registry entries are unsigned and proxied clients keep the balancer\'s address',
+      fix: 'set CLUSTER_SECRET to the same random value (at least 16 bytes) on every instance',
+    });
+  }
+  if (config.discoveryUrl !== null && config.service !== null && config.endpointUrl === null) {
+    logger.warn('cluster.no_endpoint', {
+      note: 'CLUSTER_SERVICE is set but CLUSTER_ENDPOINT_URL is not: this instance balances but does not register',
+      fix: 'set CLUSTER_ENDPOINT_URL to the URL peers use to reach this instance, e.g. http://10.0.0.5:3000',
+    });
+  }
+
+  const local = new LocalSessions();
+  const sessionCount = options.sessionCount ?? (() => local.count(Date.now()));
+  const sampler = new LoadSampler(sessionCount, config.capacity);
+  const registry = new Registry({ config, logger, load: () => sampler.sample() });
+
+  const requestListeners = server.listeners('request') as RequestListener[];
+  const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];
+  const serveRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    for (const l of requestListeners) l.call(server, req, res);
+  };
+  const serveUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    local.websocket(socket);
+    for (const l of upgradeListeners) l.call(server, req, socket, head);
+  };
+
+  const balancer = new Balancer({
+    config, logger, keys, view: () => registry.view(), random: options.random ?? Math.random, serveRequest, serveUpgrade,
+  });
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    try {
+      let facts = balancer.classify(req);
+      // Only GET info is answered by the balancer; preflights go to sockjs like any resource.
+      if (facts.kind === 'info' && req.method !== 'GET') facts = { ...facts, kind: 'sockjs-other' };
+      switch (facts.kind) {
+        case 'malformed':
+          return reply(res, facts.status, facts.reason);
+        case 'health':
+          return health(res, registry);
+        case 'dashboard':
+          return serveRequest(req, res);
+        case 'transport':
+          if (facts.pinned === null || facts.pinned === registry.view().self?.endpointHash) local.polled(facts.sessionId, Date.now());
+          return balancer.request(req, res, facts);
+        default:
+          return balancer.request(req, res, facts);
+      }
+    } catch (err) {
+      logger.error('balancer.request_failed', { error: err, url: req.url?.slice(0, 200) });
+      reply(res, 500, 'internal error');
+    }
+  };
+
+  const onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    // An error on a client socket must never become an uncaught exception.
+    socket.on('error', () => socket.destroy());
+    try {
+      const facts = balancer.classify(req);
+      switch (facts.kind) {
+        case 'malformed':
+          return rejectUpgrade(socket, facts.status, facts.reason);
+        case 'page':
+        case 'dashboard':
+        case 'health':
+          return serveUpgrade(req, socket, head);
+        default:
+          return balancer.upgrade(req, socket, head, facts);
+      }
+    } catch (err) {
+      logger.error('balancer.upgrade_failed', { error: err, url: req.url?.slice(0, 200) });
+      rejectUpgrade(socket, 500, 'internal error');
+    }
+  };
+
+  server.removeAllListeners('request');
+  server.removeAllListeners('upgrade');
+  server.on('request', onRequest);
+  server.on('upgrade', onUpgrade);
+
+  const serving = (): void => {
+    if (registry.state === 'starting') registry.setState('serving');
+  };
+  if (server.listening) serving();
+  else server.once('listening', serving);
+
+  const timer = setInterval(() => {
+    balancer.maintain(Date.now());
+    local.prune(Date.now());
+  }, MAINTAIN_EVERY_MS);
+  timer.unref();
+
+  registry.start();
+  logger.info('cluster.attached', { config: redactedConfig(config) });
+
+  let closed: Promise<void> | null = null;
+  return {
+    config,
+    logger,
+    view: () => registry.view(),
+    stats(): ClusterStats {
+      const view = registry.view();
+      return {
+        ...balancer.stats(),
+        instanceId: config.instanceId,
+        state: registry.state,
+        sessions: sessionCount(),
+        members: view.members.length,
+        healthyMembers: view.members.filter((m) => m.healthy).length,
+        discoveryOk: view.discoveryOk,
+      };
+    },
+    ready: () => registry.ready(),
+    setState: (state) => registry.setState(state),
+    on: (event, listener) => void registry.on(event, listener as never),
+    off: (event, listener) => void registry.off(event, listener as never),
+    close(): Promise<void> {
+      closed ??= (async () => {
+        clearInterval(timer);
+        server.off('listening', serving);
+        server.off('request', onRequest);
+        server.off('upgrade', onUpgrade);
+        for (const l of requestListeners) server.on('request', l);
+        for (const l of upgradeListeners) server.on('upgrade', l);
+        balancer.close();
+        await registry.close();
+        sampler.close();
+      })();
+      return closed;
+    },
+  };
+}
+
+function health(res: ServerResponse, registry: Registry): void {
+  const view = registry.view();
+  const ok = registry.state === 'serving' || !registry.registered;
+  res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
+  res.end(JSON.stringify({ status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk }));
+}
+
+/**
+ * Fallback session count when the host doesn't provide one: websockets served here while open,
+ * plus polling sessions served here that were active in the last minute.
+ */
+class LocalSessions {
+  readonly #polls = new Map<string, number>();
+  #sockets = 0;
+
+  websocket(socket: Socket): void {
+    this.#sockets++;
+    socket.once('close', () => this.#sockets--);
+  }
+
+  polled(sessionId: string, now: number): void {
+    this.#polls.set(sessionId, now);
+  }
+
+  count(now: number): number {
+    this.prune(now);
+    return this.#sockets + this.#polls.size;
+  }
+
+  prune(now: number): void {
+    for (const [id, t] of this.#polls) if (now - t > 60_000) this.#polls.delete(id);
+  }
+}

@@ -1,0 +1,338 @@
+/**
+ * The balancer's I/O: classify a request, ask the pure `route` where it goes, then serve it here,
+ * answer it (sockjs info, rejects), or forward it to a peer with retries for new sessions.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { parse as parseCookie, serialize as serializeCookie } from 'cookie';
+import type { ClusterConfig } from '../config';
+import type { Member, MembershipView } from '../discovery/view';
+import type { Logger } from '../log';
+import type { Keys } from '../sign';
+import { classify, type DdpFacts, type RequestFacts } from './classify';
+import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
+import { baseUrlFor, sendInfo } from './info';
+import { PendingLoad } from './pending';
+import { Forwarder, isConnectError, type ProxyAttempt } from './proxy';
+import { route, type Decision, type RoutePolicy } from './route';
+import { SessionTable } from './sessions';
+
+export interface BalancerStats {
+  requests: number;
+  upgrades: number;
+  served: number;
+  proxied: number;
+  pinned: number;
+  rejected: number;
+  /** Requests that arrived from a peer with a verified hop header. */
+  hopsIn: number;
+  /** Requests and upgrades this instance forwarded to a peer. */
+  hopsOut: number;
+  retries: number;
+  proxyErrors: number;
+  untrustedHops: number;
+  byTransport: Record<string, number>;
+  byReason: Record<string, number>;
+  sessionTable: number;
+  openProxiedSockets: number;
+}
+
+export interface BalancerDeps {
+  readonly config: ClusterConfig;
+  readonly logger: Logger;
+  readonly keys: Keys | null;
+  readonly view: () => MembershipView;
+  readonly random: () => number;
+  readonly serveRequest: (req: IncomingMessage, res: ServerResponse) => void;
+  readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+}
+
+/** New sessions may be retried on another member at most this many times. */
+const MAX_RETRIES = 2;
+/** Long polls last up to Meteor's 45 s sockjs heartbeat; give them room, never Meteor's 5 s. */
+const POLL_TIMEOUT_MS = 120_000;
+/** A member that refused a connect gets no new session from this balancer for this long. */
+const SUSPECT_MS = 5_000;
+const STREAMING = new Set(['xhr_streaming', 'eventsource', 'htmlfile', 'websocket']);
+
+export class Balancer {
+  readonly #d: BalancerDeps;
+  readonly #policy: RoutePolicy;
+  readonly #forwarder = new Forwarder();
+  readonly #pending: PendingLoad;
+  readonly #sessions: SessionTable;
+  readonly #replay = new ReplayGuard();
+  readonly #suspects = new Map<string, number>();
+  readonly #stats: BalancerStats = {
+    requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
+    retries: 0, proxyErrors: 0, untrustedHops: 0, byTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
+  };
+  readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
+
+  constructor(deps: BalancerDeps) {
+    this.#d = deps;
+    const c = deps.config;
+    this.#policy = {
+      selfWeight: c.selfWeight,
+      hysteresis: 0.05,
+      hysteresisSessions: 2,
+      publicServices: c.publicServices,
+      uiService: c.uiService,
+    };
+    this.#pending = new PendingLoad(Math.max(10_000, 5 * c.heartbeatMs));
+    this.#sessions = new SessionTable(c.staleMs + 90_000, 200_000);
+    this.#classifyOptions = { pathPrefix: c.pathPrefix, dashboardPath: c.dashboardPath };
+  }
+
+  classify(req: IncomingMessage): RequestFacts {
+    return classify(req.url ?? '/', this.#classifyOptions);
+  }
+
+  /** Handles a DDP or page request; returns false to let the caller deal with other kinds. */
+  request(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }): void {
+    this.#stats.requests++;
+    const hop = this.#hop(req);
+    const decision = this.#route(req, facts, hop, new Set());
+    this.#count(facts, decision);
+    this.#actWeb(req, res, facts, hop, decision, 0);
+  }
+
+  upgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }): void {
+    this.#stats.upgrades++;
+    const hop = this.#hop(req);
+    const decision = this.#route(req, facts, hop, new Set());
+    this.#count(facts, decision);
+    this.#actUpgrade(req, socket, head, facts, hop, decision, 0, new Set());
+  }
+
+  stats(): BalancerStats {
+    return {
+      ...this.#stats,
+      byTransport: { ...this.#stats.byTransport },
+      byReason: { ...this.#stats.byReason },
+      sessionTable: this.#sessions.size,
+      openProxiedSockets: this.#forwarder.openUpgrades,
+    };
+  }
+
+  /** Periodic housekeeping (expired sessions, nonces, pending counts); called by the owner's timer. */
+  maintain(now: number): void {
+    this.#sessions.prune(now);
+    this.#replay.prune(Date.now());
+    for (const [id, until] of this.#suspects) if (until <= now) this.#suspects.delete(id);
+    const view = this.#d.view();
+    this.#pending.prune(new Set(view.byId.keys()));
+  }
+
+  /** Marks a member down for new sessions after a failed connect (passive health check). */
+  suspect(memberId: string, now: number): void {
+    this.#suspects.set(memberId, now + SUSPECT_MS);
+  }
+
+  close(): void {
+    this.#forwarder.close();
+  }
+
+  #hop(req: IncomingMessage): HopCheck {
+    const value = req.headers[HOP_HEADER];
+    if (value === undefined) return { kind: 'none' };
+    delete req.headers[HOP_HEADER];
+    const check = checkHop(this.#d.keys, value, req.method ?? 'GET', req.url ?? '/', Date.now(), this.#replay.check);
+    if (check.kind === 'trusted') this.#stats.hopsIn++;
+    if (check.kind === 'untrusted') {
+      this.#stats.untrustedHops++;
+      this.#d.logger.once('warn', `hop:${check.reason}`, 'balancer.untrusted_hop', {
+        reason: check.reason, remote: req.socket.remoteAddress,
+        note: check.reason === 'expired' ? 'check the clocks of the instances (NTP)' : 'header stripped',
+      });
+    }
+    return check;
+  }
+
+  #route(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
+    const view = this.#d.view();
+    const now = Date.now();
+    for (const [id, until] of this.#suspects) if (until > now) excluded.add(id);
+    const sessionId = facts.kind === 'transport' && facts.pinned === null ? facts.sessionId : null;
+    return route({
+      facts,
+      view,
+      policy: this.#policy,
+      state: {
+        // Trusted hops are served here; so are unsigned ones in a cluster without a secret and
+        // expired ones (clock skew), which could otherwise bounce between peers.
+        hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired')),
+        pending: (id) => {
+          const m = view.byId.get(id);
+          return m ? this.#pending.count(m) : 0;
+        },
+        sessionOwner: sessionId === null ? null : this.#sessions.get(sessionId, now),
+        excluded,
+        cookieHash: facts.kind === 'page' ? uiCookie(req) : null,
+        random: this.#d.random,
+      },
+    });
+  }
+
+  #count(facts: DdpFacts | { kind: 'page' }, d: Decision): void {
+    const s = this.#stats;
+    const key = facts.kind === 'transport' ? facts.transport : facts.kind;
+    s.byTransport[key] = (s.byTransport[key] ?? 0) + 1;
+    const reason = `${d.action}:${d.reason}`;
+    s.byReason[reason] = (s.byReason[reason] ?? 0) + 1;
+  }
+
+  #remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
+    const target = member ?? this.#d.view().self;
+    if (target === null) return;
+    if (facts.kind === 'transport' && facts.pinned === null) this.#sessions.set(facts.sessionId, target.id, Date.now());
+    if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#pending.add(target, Date.now());
+  }
+
+  #actWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, d: Decision, tries: number): void {
+    switch (d.action) {
+      case 'reject':
+        this.#stats.rejected++;
+        return reply(res, d.status, d.reason);
+      case 'pin': {
+        this.#stats.pinned++;
+        const service = ('service' in facts ? facts.service : null) ?? d.member.service;
+        this.#pending.add(d.member, Date.now());
+        const c = this.#d.config;
+        return sendInfo(req, res, { websocket: !c.disableWebsockets, cors: !c.disableSockjsCors, cookieNeeded: c.useJsessionid, pathPrefix: c.pathPrefix },
+          baseUrlFor(req, d.member, service, c.pathPrefix));
+      }
+      case 'serve':
+        this.#stats.served++;
+        this.#remember(facts, d, null);
+        return this.#serveWeb(req, res, facts, hop);
+      case 'proxy': {
+        this.#stats.proxied++;
+        this.#stats.hopsOut++;
+        this.#remember(facts, d, d.member);
+        if (d.setCookie) setUiCookie(res, d.member.endpointHash);
+        const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
+        req.url = url;
+        req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
+        const attempt = this.#attempt(req, d.member, facts, tries > 0);
+        this.#forwarder.web(req, res, attempt, (err, touched) => {
+          this.#stats.proxyErrors++;
+          if (isConnectError(err) && !touched) this.suspect(d.member.id, Date.now());
+          this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', {
+            to: d.member.endpoint, error: err, touched,
+          });
+          if (touched) return void res.destroy();
+          if (d.newSession && tries < MAX_RETRIES && !hasBody(req)) {
+            this.#stats.retries++;
+            const excluded = new Set([d.member.id]);
+            const next = this.#route(req, facts, { kind: 'none' }, excluded);
+            return this.#actWeb(req, res, facts, hop, next, tries + 1);
+          }
+          reply(res, 502, 'upstream unavailable');
+        });
+        return;
+      }
+    }
+  }
+
+  #actUpgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }, hop: HopCheck,
+    d: Decision, tries: number, excluded: Set<string>): void {
+    switch (d.action) {
+      case 'reject':
+        this.#stats.rejected++;
+        return rejectUpgrade(socket, d.status, d.reason);
+      case 'pin':
+      case 'serve':
+        this.#stats.served++;
+        this.#remember(facts, d, null);
+        if ('localUrl' in facts) req.url = facts.localUrl;
+        if (hop.kind === 'trusted') applyClientView(req, hop.client);
+        return this.#d.serveUpgrade(req, socket, head);
+      case 'proxy': {
+        this.#stats.proxied++;
+        this.#stats.hopsOut++;
+        this.#remember(facts, d, d.member);
+        if ('localUrl' in facts) req.url = facts.localUrl;
+        const attempt = this.#attempt(req, d.member, facts, false);
+        this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
+          this.#stats.proxyErrors++;
+          if (isConnectError(err)) this.suspect(d.member.id, Date.now());
+          this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
+          if (d.newSession && tries < MAX_RETRIES && !socket.destroyed) {
+            this.#stats.retries++;
+            excluded.add(d.member.id);
+            const next = this.#route(req, facts, { kind: 'none' }, excluded);
+            return this.#actUpgrade(req, socket, head, facts, hop, next, tries + 1, excluded);
+          }
+          rejectUpgrade(socket, 502, 'upstream unavailable');
+        }, () => undefined);
+        return;
+      }
+    }
+  }
+
+  #serveWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck): void {
+    if ('localUrl' in facts) req.url = facts.localUrl;
+    if (hop.kind === 'trusted') {
+      const restore = applyClientView(req, hop.client);
+      res.once('close', restore);
+    }
+    this.#d.serveRequest(req, res);
+  }
+
+  #attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean): ProxyAttempt {
+    const client = clientViewOf(req);
+    const selfId = this.#d.view().self?.id ?? this.#d.config.instanceId;
+    const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, selfId, Date.now());
+    const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
+    return {
+      target: new URL(member.endpoint),
+      headers: { [HOP_HEADER]: hop },
+      timeoutMs: streaming ? 0 : POLL_TIMEOUT_MS,
+      emptyBody,
+    };
+  }
+}
+
+function transportOf(facts: DdpFacts): string {
+  return facts.kind === 'transport' ? facts.transport : facts.kind === 'raw-websocket' ? 'websocket' : facts.kind;
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const len = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
+}
+
+function errCode(err: Error): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' ? code : err.name;
+}
+
+export const UI_COOKIE = 'ddp-cluster-ui';
+
+function uiCookie(req: IncomingMessage): string | null {
+  const header = req.headers.cookie;
+  // Cheap scan first: most page requests carry no affinity cookie at all.
+  if (typeof header !== 'string' || !header.includes(UI_COOKIE)) return null;
+  const value = parseCookie(header)[UI_COOKIE];
+  return value !== undefined && /^[0-9a-f]{8,64}$/.test(value) ? value : null;
+}
+
+function setUiCookie(res: ServerResponse, hash: string): void {
+  // Affinity for an hour: long enough for a visit, short enough not to skew the spread for long.
+  res.appendHeader('Set-Cookie', serializeCookie(UI_COOKIE, hash, { path: '/', maxAge: 3600, httpOnly: true, sameSite: 'lax' }));
+}
+
+export function reply(res: ServerResponse, status: number, message: string): void {
+  if (res.headersSent) return void res.destroy();
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store', Connection: 'close' });
+  res.end(message + '\n');
+}
+
+const STATUS_TEXT: Readonly<Record<number, string>> = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable' };
+
+export function rejectUpgrade(socket: Socket, status: number, message: string): void {
+  if (socket.destroyed) return;
+  const body = message + '\n';
+  socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}

@@ -1,0 +1,145 @@
+/**
+ * The hop header: what a proxying instance tells the instance it forwards to. Signed with
+ * CLUSTER_SECRET over method, URL, time, nonce, the client's remote address and its original
+ * x-forwarded-for, so the receiver can (1) serve without re-balancing and (2) give Meteor the
+ * client's address exactly as the entry instance saw it.
+ */
+import type { IncomingMessage } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { sign, verify, type Keys } from '../sign';
+
+export const HOP_HEADER = 'x-ddp-cluster-hop';
+
+/** Hops older or newer than this are refused (clock skew between peers must stay below it). */
+export const HOP_WINDOW_MS = 30_000;
+
+export interface ClientView {
+  readonly remoteAddress: string | null;
+  readonly forwardedFor: string | null;
+}
+
+interface HopPayload {
+  readonly v: 1;
+  readonly t: number;
+  readonly n: string;
+  readonly m: string;
+  readonly u: string;
+  readonly ra: string | null;
+  readonly xff: string | null;
+  readonly from: string;
+}
+
+function parts(p: HopPayload): string[] {
+  return ['ddp-cluster/hop/v1', String(p.t), p.n, p.m, p.u, p.ra ?? '', p.xff ?? '', p.from];
+}
+
+/** The header value for forwarding `method url` on behalf of a client seen as `client`. */
+export function makeHop(keys: Keys | null, method: string, url: string, client: ClientView, from: string, now: number): string {
+  const payload: HopPayload = {
+    v: 1, t: now, n: randomBytes(9).toString('base64url'), m: method, u: url,
+    ra: client.remoteAddress, xff: client.forwardedFor, from,
+  };
+  const body = Buffer.from(JSON.stringify(payload)).toString('base64url');
+  // Without a secret the header still stops re-balancing (serving here is always safe), but it
+  // is never trusted for the client's address.
+  return keys === null ? `${body}.` : `${body}.${sign(keys, parts(payload))}`;
+}
+
+export type HopCheck =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'trusted'; readonly client: ClientView; readonly from: string; readonly nonce: string }
+  | { readonly kind: 'untrusted'; readonly reason: string };
+
+const MAX_HOP_LENGTH = 12_288;
+
+/** Checks a received hop header against the request it came with. Pure apart from `replayed`. */
+export function checkHop(
+  keys: Keys | null,
+  value: string | string[] | undefined,
+  method: string,
+  url: string,
+  now: number,
+  replayed: (nonce: string, t: number) => boolean,
+): HopCheck {
+  if (value === undefined) return { kind: 'none' };
+  if (typeof value !== 'string' || value.length > MAX_HOP_LENGTH) return { kind: 'untrusted', reason: 'malformed' };
+  const dot = value.indexOf('.');
+  if (dot < 1) return { kind: 'untrusted', reason: 'malformed' };
+  let p: HopPayload;
+  try {
+    p = JSON.parse(Buffer.from(value.slice(0, dot), 'base64url').toString('utf8')) as HopPayload;
+  } catch {
+    return { kind: 'untrusted', reason: 'malformed' };
+  }
+  if (!isPayload(p)) return { kind: 'untrusted', reason: 'malformed' };
+  if (keys === null) return { kind: 'untrusted', reason: 'no CLUSTER_SECRET to verify with' };
+  if (!verify(keys, parts(p), value.slice(dot + 1))) return { kind: 'untrusted', reason: 'bad signature' };
+  if (Math.abs(now - p.t) > HOP_WINDOW_MS) return { kind: 'untrusted', reason: 'expired' };
+  if (p.m !== method || p.u !== url) return { kind: 'untrusted', reason: 'signed for another request' };
+  if (replayed(p.n, p.t)) return { kind: 'untrusted', reason: 'replayed' };
+  return { kind: 'trusted', client: { remoteAddress: p.ra, forwardedFor: p.xff }, from: p.from, nonce: p.n };
+}
+
+function isPayload(p: unknown): p is HopPayload {
+  if (typeof p !== 'object' || p === null) return false;
+  const o = p as Record<string, unknown>;
+  const str = (v: unknown): boolean => typeof v === 'string' && v.length <= 8192;
+  const strOrNull = (v: unknown): boolean => v === null || str(v);
+  return o.v === 1 && typeof o.t === 'number' && Number.isFinite(o.t) && str(o.n) && str(o.m) && str(o.u)
+    && strOrNull(o.ra) && strOrNull(o.xff) && str(o.from);
+}
+
+/** What the entry instance sees of a client: the socket peer and x-forwarded-for as received. */
+export function clientViewOf(req: IncomingMessage): ClientView {
+  const xff = req.headers['x-forwarded-for'];
+  return { remoteAddress: req.socket.remoteAddress ?? null, forwardedFor: typeof xff === 'string' ? xff : null };
+}
+
+/**
+ * Makes a hopped request look to sockjs/Meteor exactly as it looked to the entry instance.
+ * sockjs copies `socket.remoteAddress` when it opens a session (transport.js decorateConnection),
+ * so an own property on the socket shadows the peer address; `restore` removes it once the
+ * request is done (a keep-alive socket from a peer carries many clients' requests in turn).
+ */
+export function applyClientView(req: IncomingMessage, client: ClientView): () => void {
+  if (client.forwardedFor === null) delete req.headers['x-forwarded-for'];
+  else req.headers['x-forwarded-for'] = client.forwardedFor;
+  const socket = req.socket;
+  Object.defineProperty(socket, 'remoteAddress', { value: client.remoteAddress ?? undefined, configurable: true, writable: true });
+  return () => {
+    delete (socket as { remoteAddress?: string }).remoteAddress;
+  };
+}
+
+/** Remembers nonces for the hop window so a captured header can't be replayed. Bounded. */
+export class ReplayGuard {
+  readonly #seen = new Map<string, number>();
+  readonly #max: number;
+
+  constructor(max = 200_000) {
+    this.#max = max;
+  }
+
+  /** True when `nonce` was already used; records it otherwise. */
+  check = (nonce: string, t: number): boolean => {
+    if (this.#seen.has(nonce)) return true;
+    if (this.#seen.size >= this.#max) this.prune(Date.now());
+    // Still full of live nonces: drop the oldest rather than grow without bound.
+    if (this.#seen.size >= this.#max) {
+      const oldest = this.#seen.keys().next().value;
+      if (oldest !== undefined) this.#seen.delete(oldest);
+    }
+    this.#seen.set(nonce, t);
+    return false;
+  };
+
+  prune(now: number): void {
+    for (const [nonce, t] of this.#seen) {
+      if (now - t > HOP_WINDOW_MS) this.#seen.delete(nonce);
+    }
+  }
+
+  get size(): number {
+    return this.#seen.size;
+  }
+}

@@ -1,0 +1,68 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { randomInt } from 'node:crypto';
+import type { Member } from '../discovery/view';
+
+export interface InfoOptions {
+  readonly websocket: boolean;
+  readonly cors: boolean;
+  readonly cookieNeeded: boolean;
+  readonly pathPrefix: string;
+}
+
+/**
+ * Where a client should open its session on `member`: the member's public balancer URL when it
+ * has one (the client then connects straight to it), else the instance the client already talks
+ * to, which proxies. sockjs-client follows `base_url` in the info reply; it must be absolute
+ * (its websocket transport derives ws:// from the http:// prefix).
+ */
+export function baseUrlFor(req: IncomingMessage, member: Member, service: string, pathPrefix: string): string {
+  const path = `${pathPrefix}/cluster-ddp/${member.endpointHash}/${service}`;
+  return (member.balancer ?? requestOrigin(req)) + path;
+}
+
+/**
+ * The origin the client used to reach us: the host it asked for (several hostnames may point at
+ * one cluster), with the scheme a TLS-terminating proxy in front reports. Only echoed back to the
+ * same client, never stored or shared.
+ */
+export function requestOrigin(req: IncomingMessage): string {
+  const proto = firstToken(req.headers['x-forwarded-proto']);
+  const scheme = proto === 'https' || proto === 'http' ? proto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  const host = firstToken(req.headers['x-forwarded-host']) ?? firstToken(req.headers.host) ?? 'localhost';
+  return `${scheme}://${/^[A-Za-z0-9.:[\]_-]{1,255}$/.test(host) ? host : 'localhost'}`;
+}
+
+function firstToken(v: string | string[] | undefined): string | null {
+  const s = Array.isArray(v) ? v[0] : v;
+  if (typeof s !== 'string') return null;
+  const t = s.split(',')[0]?.trim().toLowerCase();
+  return t ? t : null;
+}
+
+/** Answers GET <prefix>/sockjs/info as sockjs 0.3.24 would, plus `base_url`. */
+export function sendInfo(req: IncomingMessage, res: ServerResponse, opts: InfoOptions, baseUrl: string | null): void {
+  const body: Record<string, unknown> = {
+    websocket: opts.websocket,
+    origins: opts.cors ? ['*:*'] : undefined,
+    cookie_needed: opts.cookieNeeded,
+    entropy: randomInt(0, 2 ** 32),
+  };
+  if (baseUrl !== null) body.base_url = baseUrl;
+  res.setHeader('Content-Type', 'application/json; charset=UTF-8');
+  res.setHeader('Cache-Control', 'no-store, no-cache, no-transform, must-revalidate, max-age=0');
+  if (opts.cors) {
+    // Same CORS as sockjs' xhr_cors filter.
+    const origin = req.headers.origin;
+    if (typeof origin === 'string' && origin !== '') {
+      res.setHeader('Access-Control-Allow-Origin', origin);
+      res.setHeader('Access-Control-Allow-Credentials', 'true');
+    } else {
+      res.setHeader('Access-Control-Allow-Origin', '*');
+    }
+    res.setHeader('Vary', 'Origin');
+    const asked = req.headers['access-control-request-headers'];
+    if (typeof asked === 'string') res.setHeader('Access-Control-Allow-Headers', asked);
+  }
+  res.writeHead(200);
+  res.end(JSON.stringify(body));
+}

@@ -1,0 +1,12 @@
+export { attach, type AttachOptions, type ClusterHandle, type ClusterStats } from './attach';
+export { parseConfig, redactedConfig, ConfigError, LOG_LEVELS, type ClusterConfig, type ClusterOptions, type LogLevel } from './config';
+export { Registry, type RegistryEvents, type RegistryOptions } from './discovery/registry';
+export type { Member, MembershipView, DuplicateEndpoint } from './discovery/view';
+export type { MemberState } from './discovery/entry';
+export type { LoadSnapshot } from './load';
+export { createLogger, type Logger, type LogSink } from './log';
+export { classify, type RequestFacts, type Transport } from './balancer/classify';
+export { route, type Decision, type RoutePolicy, type RouteState } from './balancer/route';
+export type { BalancerStats } from './balancer/balancer';
+export { endpointHash } from './sign';
+export { PACKAGE_VERSION } from './version';

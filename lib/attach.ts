@@ -41,6 +41,11 @@ export interface ClusterHandle {
   /** Resolves after the first successful discovery poll (at once without discovery). */
   ready(): Promise<void>;
   setState(state: MemberState): void;
+  /**
+   * For rewriting a page's DDP_DEFAULT_CONNECTION_URL: the balancer URL of the member a new
+   * client should use, or null to keep the default.
+   */
+  pickDdpUrl(req: IncomingMessage, service?: string | null): string | null;
   on<E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void): void;
   off<E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void): void;
   /** Deregisters, stops timers and puts the original listeners back. */
@@ -172,6 +177,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     },
     ready: () => registry.ready(),
     setState: (state) => registry.setState(state),
+    pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
     on: (event, listener) => void registry.on(event, listener as never),
     off: (event, listener) => void registry.off(event, listener as never),
     close(): Promise<void> {

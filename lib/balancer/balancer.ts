@@ -105,6 +105,19 @@ export class Balancer {
     this.#actUpgrade(req, socket, head, facts, hop, decision, 0, new Set());
   }
 
+  /**
+   * The public balancer URL a new client of `service` (default: the UI service) should connect
+   * to, counted as a new session there; null when the chosen member has no balancer URL (the
+   * client then keeps its default URL and sockjs info pinning does the rest).
+   */
+  pickDdpUrl(req: IncomingMessage, service: string | null = null): string | null {
+    const facts: DdpFacts = { kind: 'info', service, pinned: null, localUrl: '' };
+    const d = this.#route(req, facts, { kind: 'none' }, new Set());
+    if (d.action !== 'pin' || d.member.balancer === null) return null;
+    this.#pending.add(d.member, Date.now());
+    return d.member.balancer;
+  }
+
   stats(): BalancerStats {
     return {
       ...this.#stats,

@@ -4,7 +4,10 @@ import {
   getSockjsInfo, rawXhrDdp, sockjsDdp, simpleDdp, wsDdp, type DdpClient,
 } from './support/ddp-clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
-import { freePort, startCluster, type Instance } from './support/cluster';
+import net from 'node:net';
+import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
+import { keysFrom } from '../lib/sign';
+import { TEST_SECRET, freePort, spawnInstance, startCluster, waitView, type ChildInstance, type Instance } from './support/cluster';
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
@@ -34,6 +37,7 @@ describe('balancer (three real instances, real clients)', function () {
   let url: string;
   let cluster: Instance[] = [];
   let clients: { close(): Promise<void> }[] = [];
+  const children: ChildInstance[] = [];
   const figures: Record<string, unknown> = {};
 
   beforeEach(async function () {
@@ -42,6 +46,7 @@ describe('balancer (three real instances, real clients)', function () {
   });
 
   afterEach(async () => {
+    await Promise.all(children.splice(0).map((c) => c.kill()));
     await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
     await Promise.all(cluster.map((i) => i.close()));
     cluster = [];
@@ -159,4 +164,142 @@ describe('balancer (three real instances, real clients)', function () {
     assert.ok(after[A]!.pinned - before[A]!.pinned >= 6);
     figures.pinnedDirect = { hopsOut: after.map((x) => x.hopsOut), hopsIn: after.map((x) => x.hopsIn), pinnedByA: after[A]!.pinned };
   });
+
+  describe('client address and hop authentication', () => {
+    const CLIENT = '127.0.0.2';
+    const XFF = '203.0.113.7, 198.51.100.20';
+    let saved: string | undefined;
+    before(() => {
+      saved = process.env.HTTP_FORWARDED_COUNT;
+    });
+    after(() => {
+      if (saved === undefined) delete process.env.HTTP_FORWARDED_COUNT;
+      else process.env.HTTP_FORWARDED_COUNT = saved;
+    });
+
+    for (const count of ['0', '1']) {
+      it(`gives Meteor the same clientAddress served here and proxied (HTTP_FORWARDED_COUNT=${count})`, async () => {
+        process.env.HTTP_FORWARDED_COUNT = count; // the fixture reads it at each DDP connect, like Meteor
+        cluster = await startCluster(['a', 'b'], url);
+        const [hashA, hashB] = cluster.map((i) => i.cluster.view().self!.endpointHash);
+        const expected = count === '0' ? CLIENT : '198.51.100.20';
+        const opts = { localAddress: CLIENT, headers: { 'x-forwarded-for': XFF } };
+        // Raw websocket, served by A itself and proxied by A to B.
+        const here = track(await wsDdp(`${at(A).url}/cluster-ddp/${hashA}/web`, opts));
+        const there = track(await wsDdp(`${at(A).url}/cluster-ddp/${hashB}/web`, opts));
+        const [h, t] = [await whoami(here), await whoami(there)];
+        assert.deepEqual([h.instanceId, t.instanceId], ['a', 'b']);
+        assert.equal(h.clientAddress, expected);
+        assert.equal(t.clientAddress, expected);
+        assert.equal(t.httpHeaders['x-forwarded-for'], XFF);
+        // xhr-polling: every poll carries the view again (sockjs refreshes it per poll).
+        for (const hash of [hashA, hashB]) {
+          const session = await rawXhrDdp(() => `${at(A).url}/cluster-ddp/${hash}/web`, opts);
+          const who = (await session.call('whoami')) as WhoamiResult;
+          assert.equal(who.clientAddress, expected, `xhr via ${hash}`);
+        }
+        assert.ok(at(B).cluster.stats().hopsIn >= 2, 'B received hops');
+      });
+    }
+
+    it('trusts only a hop header signed with the cluster secret, once, for the request it names', async () => {
+      process.env.HTTP_FORWARDED_COUNT = '0';
+      cluster = await startCluster(['a', 'b'], url);
+      const hashB = at(B).cluster.view().self!.endpointHash;
+      const path = `/cluster-ddp/${hashB}/web/websocket`;
+      const claimed = { remoteAddress: '198.51.100.9', forwardedFor: null };
+      const valid = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', Date.now());
+      const connect = async (hop: string): Promise<string | null> => {
+        const c = track(await wsDdp(`${at(B).url}/cluster-ddp/${hashB}/web`, { localAddress: CLIENT, headers: { [HOP_HEADER]: hop } }));
+        return (await whoami(c)).clientAddress;
+      };
+      assert.equal(await connect(valid), '198.51.100.9', 'a valid hop restores the entry view (the test can tell)');
+      assert.equal(await connect(valid), CLIENT, 'replayed');
+      const forged = `${valid.slice(0, valid.indexOf('.'))}.${'A'.repeat(43)}`;
+      assert.equal(await connect(forged), CLIENT, 'bad signature');
+      const otherSecret = makeHop(keysFrom('some-other-secret-0123456789', null), 'GET', path, claimed, 'a', Date.now());
+      assert.equal(await connect(otherSecret), CLIENT, 'signed with another secret');
+      const expired = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', Date.now() - 120_000);
+      assert.equal(await connect(expired), CLIENT, 'expired');
+      const elsewhere = makeHop(keysFrom(TEST_SECRET, null), 'GET', '/sockjs/info', claimed, 'a', Date.now());
+      assert.equal(await connect(elsewhere), CLIENT, 'signed for another URL');
+      assert.equal(await connect('garbage'), CLIENT, 'malformed');
+      assert.equal(at(B).cluster.stats().untrustedHops, 6);
+      assert.ok(at(B).logs.some((l) => l.includes('balancer.untrusted_hop') && l.includes('bad signature')));
+    });
+  });
+
+  describe('failures', () => {
+    it('never routes new sessions to a peer killed with -9, and retries them elsewhere without client errors', async () => {
+      const ab = await startCluster(['a', 'b'], url);
+      cluster = ab;
+      const child: ChildInstance = await spawnInstance('c', { CLUSTER_DISCOVERY_URL: url, CLUSTER_STALE_HORIZON: '4000' });
+      children.push(child);
+      await Promise.all(ab.map((i) => waitView(i.cluster, 'c serving', (v) => v.byId.get('c')?.state === 'serving' && v.byId.get('c')!.healthy)));
+      // c is alive and takes sessions.
+      const before = await pool(Array.from({ length: 30 }), 10, async () => (await whoami(track(await wsDdp(at(A).url)))).instanceId);
+      assert.ok(before.includes('c'), 'c served before it died');
+      await child.kill('SIGKILL');
+      // Right away, while every view still lists c as healthy: a mix of transports entering A and B.
+      const after = await pool(Array.from({ length: 60 }), 12, async (_, n) => {
+        const entry = at(n % 2 === 0 ? A : B).url;
+        const c = track(n % 3 === 0 ? await wsDdp(entry)
+          : await sockjsDdp(entry, { transports: n % 3 === 1 ? ['xhr-polling'] : ['websocket'] }));
+        return (await whoami(c)).instanceId;
+      });
+      assert.ok(!after.includes('c'), `nothing on the dead peer: ${JSON.stringify(spread(after).counts)}`);
+      const retries = ab.reduce((sum, i) => sum + i.cluster.stats().retries, 0);
+      figures.killRetries = retries;
+      assert.ok(retries >= 1, 'the dead peer was tried and the session retried elsewhere');
+      await Promise.all(ab.map((i) => waitView(i.cluster, 'c unhealthy', (v) => v.byId.get('c')?.healthy !== true, 20_000)));
+    });
+
+    it('answers malformed and hostile requests with 4xx and stays up', async () => {
+      cluster = await startCluster(['a', 'b'], url);
+      const base = at(A).url;
+      const cases: [string, string, number[]][] = [
+        ['GET', `/sockjs/${'x'.repeat(9000)}`, [414]],
+        ['GET', '/sockjs/1/../../etc/passwd/xhr', [404]],
+        ['POST', '/sockjs/1/s.s/xhr', [404]],
+        ['POST', '/sockjs/1/s/nope', [404]],
+        ['POST', '/sockjs/1/s/xhr/extra', [404]],
+        ['GET', '/cluster-ddp/zzzz/web/1/s/xhr', [404]],
+        ['GET', '/cluster-ddp/0123456789abcdef0000/bad!svc/1/s/xhr', [400]],
+        ['POST', '/cluster-ddp/0123456789abcdef0000/web/1/s/xhr_send', [404]],
+        ['GET', '/secret/sockjs/info', [404]],
+        ['GET', '/sockjs/1/%0d%0aSet-Cookie:x=1/xhr', [404, 405]],
+      ];
+      for (const [method, path, statuses] of cases) {
+        // Raw bytes: an HTTP client library would normalise '..' and refuse some of these paths.
+        const body = path.endsWith('xhr_send') ? '["x"]' : '';
+        const res = await rawRequest(base, `${method} ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+        const status = Number(/^HTTP\/1\.1 (\d+)/.exec(res)?.[1]);
+        assert.ok(statuses.includes(status), `${method} ${path.slice(0, 60)} -> ${status}`);
+        assert.ok(!/\r\nset-cookie:/i.test(res.slice(0, res.indexOf('\r\n\r\n'))));
+      }
+      // Bad upgrades: a websocket to an unknown pinned endpoint, and garbage headers.
+      const raw = await rawRequest(base, 'GET /cluster-ddp/0123456789abcdef0000/bad!svc/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+      assert.match(raw, /^HTTP\/1\.1 400/);
+      const bad = await rawRequest(base, 'GET /sockjs/info HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n');
+      assert.match(bad, /^HTTP\/1\.1 400/);
+      // Still up and serving.
+      assert.equal(((await whoami(track(await wsDdp(base)))).instanceId.length > 0), true);
+    });
+  });
 });
+
+/** Writes raw bytes to the server and resolves with whatever it answers before closing. */
+function rawRequest(base: string, bytes: string): Promise<string> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), hostname, () => socket.write(bytes));
+    let out = '';
+    socket.setTimeout(10_000, () => socket.destroy(new Error('raw request timed out')));
+    socket.on('data', (d: Buffer) => {
+      out += d.toString('latin1');
+      if (out.includes('\r\n\r\n')) socket.destroy();
+    });
+    socket.on('close', () => resolve(out));
+    socket.on('error', reject);
+  });
+}

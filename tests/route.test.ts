@@ -333,7 +333,8 @@ describe('route', () => {
             if (d.action === 'proxy') {
               assert.equal(d.member.id, id);
               assert.equal(d.reason, 'pinned endpoint');
-              assert.equal(d.newSession, opens);
+              // The info request that handed out the pin already counted the session.
+              assert.equal(d.newSession, false);
               assert.equal(d.setCookie, false);
             }
           }
@@ -343,14 +344,14 @@ describe('route', () => {
 
     it('serves a pinned transport or websocket here when this instance is the endpoint', () => {
       assert.deepEqual(decide(`/cluster-ddp/${hashOf('a')}/web/sockjs/1/s/xhr`, cluster()), { action: 'serve', reason: 'pinned endpoint', newSession: false });
-      assert.deepEqual(decide(`/cluster-ddp/${hashOf('a')}/web/websocket`, cluster()), { action: 'serve', reason: 'pinned endpoint', newSession: true });
+      assert.deepEqual(decide(`/cluster-ddp/${hashOf('a')}/web/websocket`, cluster()), { action: 'serve', reason: 'pinned endpoint', newSession: false });
     });
 
     it('proxies a pinned raw websocket to its endpoint', () => {
       for (const tail of ['/websocket', '/sockjs/websocket']) {
         const d = decide(`/cluster-ddp/${hashOf('busy')}/web${tail}`, cluster());
         assert.equal(where(d), 'proxy:busy', tail);
-        if (d.action === 'proxy') assert.equal(d.newSession, true);
+        if (d.action === 'proxy') assert.equal(d.newSession, false);
       }
     });
 
@@ -379,11 +380,16 @@ describe('route', () => {
     });
 
     for (const t of POLLING) {
-      it(`answers 404 for a non-opening ${t} pinned to an unknown, dead, excluded or other-service endpoint`, () => {
-        assert.deepEqual(decide(`/cluster-ddp/fedcba9876543210fedc/web/1/s/${t}`, cluster()), { action: 'reject', status: 404, reason: 'no such endpoint' });
-        assert.deepEqual(decide(`/cluster-ddp/${hashOf('gone')}/web/1/s/${t}`, cluster()), { action: 'reject', status: 404, reason: 'pinned endpoint is down' });
-        assert.equal(where(decide(`/cluster-ddp/${hashOf('busy')}/web/1/s/${t}`, cluster(), { excluded: new Set(['busy']) })), 'reject:404');
-        assert.equal(where(decide(`/cluster-ddp/${hashOf('c1')}/web/1/s/${t}`, cluster())), 'reject:404');
+      it(`moves a ${t} pinned to an unknown, dead, excluded or other-service endpoint to the session's rendezvous member`, () => {
+        const v = cluster();
+        const unpinned = decide(`/sockjs/1/s/${t}`, v);
+        assert.ok(unpinned.action === 'proxy' || unpinned.action === 'serve');
+        for (const hash of ['fedcba9876543210fedc', hashOf('gone'), hashOf('c1')]) {
+          assert.deepEqual(decide(`/cluster-ddp/${hash}/web/1/s/${t}`, v), unpinned, hash);
+        }
+        const excluded = decide(`/cluster-ddp/${hashOf('busy')}/web/1/s/${t}`, v, { excluded: new Set(['busy']) });
+        assert.notEqual(where(excluded), 'proxy:busy');
+        assert.deepEqual(excluded, decide(`/sockjs/1/s/${t}`, v, { excluded: new Set(['busy']) }));
       });
     }
   });

@@ -166,7 +166,7 @@ export class Balancer {
     const view = this.#d.view();
     const now = Date.now();
     for (const [id, until] of this.#suspects) if (until > now) excluded.add(id);
-    const sessionId = facts.kind === 'transport' && facts.pinned === null ? facts.sessionId : null;
+    const sessionId = facts.kind === 'transport' ? facts.sessionId : null;
     return route({
       facts,
       view,
@@ -198,7 +198,8 @@ export class Balancer {
   #remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
     const target = member ?? this.#d.view().self;
     if (target === null) return;
-    if (facts.kind === 'transport' && facts.pinned === null) this.#sessions.set(facts.sessionId, target.id, Date.now());
+    // Pinned sessions carry their member in the URL; remember the others (and pins that moved).
+    if (facts.kind === 'transport' && d.reason !== 'pinned endpoint') this.#sessions.set(facts.sessionId, target.id, Date.now());
     if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#pending.add(target, Date.now());
   }
 
@@ -235,7 +236,7 @@ export class Balancer {
             to: d.member.endpoint, error: err, touched,
           });
           if (touched) return void res.destroy();
-          if (d.newSession && tries < MAX_RETRIES && !hasBody(req)) {
+          if (retryable(req, facts, d) && tries < MAX_RETRIES) {
             this.#stats.retries++;
             const excluded = new Set([d.member.id]);
             const next = this.#route(req, facts, { kind: 'none' }, excluded);
@@ -271,7 +272,8 @@ export class Balancer {
           this.#stats.proxyErrors++;
           if (isConnectError(err)) this.suspect(d.member.id, Date.now());
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
-          if (d.newSession && tries < MAX_RETRIES && !socket.destroyed) {
+          // A websocket upgrade always starts a session: nothing is lost by trying another member.
+          if (tries < MAX_RETRIES && !socket.destroyed) {
             this.#stats.retries++;
             excluded.add(d.member.id);
             const next = this.#route(req, facts, { kind: 'none' }, excluded);
@@ -305,6 +307,21 @@ export class Balancer {
       emptyBody,
     };
   }
+}
+
+const SENDS = new Set(['xhr_send', 'jsonp_send']);
+
+/**
+ * May a request that failed before any byte reached the client go to another member? New
+ * sessions, receiving requests of a session whose member just died (the survivor opens it: it was
+ * lost anyway, and a first poll right after a pin loses nothing), and bodiless page loads.
+ * Never a send: its body was consumed and its session is gone.
+ */
+function retryable(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }, d: Decision & { action: 'proxy' }): boolean {
+  if (hasBody(req)) return false;
+  if (d.newSession) return true;
+  if (facts.kind === 'transport') return !SENDS.has(facts.transport);
+  return facts.kind === 'page' && (req.method === 'GET' || req.method === 'HEAD');
 }
 
 function transportOf(facts: DdpFacts): string {

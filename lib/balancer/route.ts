@@ -64,10 +64,10 @@ export function route(input: RouteInput): Decision {
     case 'info':
       return routeInfo(input, service, facts.pinned);
     case 'transport':
-      if (facts.pinned !== null) return routePinned(input, service, facts.pinned, facts.opens);
+      if (facts.pinned !== null) return routePinned(input, service, facts.pinned, facts.opens, facts.sessionId);
       return routeSession(input, service, facts.sessionId, facts.opens);
     case 'raw-websocket':
-      if (facts.pinned !== null) return routePinned(input, service, facts.pinned, true);
+      if (facts.pinned !== null) return routePinned(input, service, facts.pinned, true, null);
       return toTarget(input, service, pickNew(input, service), 'least loaded', true);
     case 'sockjs-other':
       if (self !== null && self.service === service) return serve('stateless sockjs resource');
@@ -90,15 +90,19 @@ function routeInfo(input: RouteInput, service: string, pinnedHash: string | null
   return fallback(input, service);
 }
 
-function routePinned(input: RouteInput, service: string, hash: string, opens: boolean): Decision {
+function routePinned(input: RouteInput, service: string, hash: string, opens: boolean, sessionId: string | null): Decision {
   const member = input.view.byEndpointHash.get(hash);
   // Existing sessions stay on a draining member; only a dead or unknown one loses them. A new
   // session (websocket) goes to a member that takes new sessions.
   if (member && member.service === service && member.healthy && !input.state.excluded.has(member.id)
     && (!opens || member.state === 'serving')) {
-    return toTarget(input, service, member, 'pinned endpoint', opens);
+    return toTarget(input, service, member, 'pinned endpoint', false);
   }
   if (opens) return toTarget(input, service, pickNew(input, service), 'pinned endpoint gone, fresh pick', true);
+  // The pinned member is gone (or just refused a connect). Its session is lost, but the client
+  // may not have opened it yet (info pinned it a moment ago): continue as an unpinned session, so
+  // every balancer maps it to the same survivor and sockjs there opens it.
+  if (sessionId !== null) return routeSession(input, service, sessionId, false);
   return reject(404, member ? 'pinned endpoint is down' : 'no such endpoint');
 }
 

@@ -243,6 +243,9 @@ function urlPath(env: string, emptyAllowed: boolean): Field<string> {
   return field;
 }
 
+/** Every environment variable the config reads (README's table must list them all). */
+export const CONFIG_ENV_VARS: readonly string[] = Object.freeze(Object.values(FIELDS).map((f: Field<unknown>) => f.env));
+
 function defaults(): ClusterConfig {
   return {
     instanceId: randomBytes(9).toString('base64url'),

@@ -73,6 +73,7 @@ async function main(): Promise<void> {
   watcher.start();
   stops.push(() => watcher.close());
   await watcher.ready();
+  await clusterFormed(watcher);
 
   const clients: DdpClient[] = [];
   stops.push(async () => void (await Promise.all(clients.map((c) => c.close().catch(() => undefined)))));
@@ -111,6 +112,25 @@ async function main(): Promise<void> {
     if (duration !== null && Date.now() - began >= duration) void stop(0);
   }, 1000);
   stops.push(async () => clearInterval(timer));
+}
+
+/**
+ * Waits until all three instances serve, then two more polls, by which time every instance has
+ * polled (same interval) and knows the others: clients connected earlier would all stay on the
+ * first ones.
+ */
+function clusterFormed(watcher: Registry): Promise<void> {
+  return new Promise((resolve) => {
+    let polls = -1;
+    const onView = (v: MembershipView): void => {
+      if (polls < 0 && v.members.filter((m) => m.healthy && m.state === 'serving').length === IDS.length) polls = 0;
+      if (polls >= 0 && ++polls > 2) {
+        watcher.off('view', onView);
+        resolve();
+      }
+    };
+    watcher.on('view', onView);
+  });
 }
 
 /** Opens clients a few at a time; each calls a method and subscribes, then stays connected. */

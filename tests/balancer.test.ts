@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import type { WhoamiResult } from './support/ddp-app';
 import {
-  getSockjsInfo, rawXhrDdp, sockjsDdp, simpleDdp, wsDdp, type DdpClient,
+  getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp, simpleDdp, wsDdp, type DdpClient,
 } from './support/ddp-clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import net from 'node:net';
@@ -163,6 +163,45 @@ describe('balancer (three real instances, real clients)', function () {
     assert.equal(after.reduce((s, x) => s + x.hopsIn, 0) - before.reduce((s, x) => s + x.hopsIn, 0), 0, 'no hop anywhere');
     assert.ok(after[A]!.pinned - before[A]!.pinned >= 6);
     figures.pinnedDirect = { hopsOut: after.map((x) => x.hopsOut), hopsIn: after.map((x) => x.hopsIn), pinnedByA: after[A]!.pinned };
+  });
+
+  it('answers sockjs info as sockjs would, with Meteor switches and CORS, and base_url', async () => {
+    cluster = await startCluster(['a', 'b'], url, () => ({ attach: { disableWebsockets: true, useJsessionid: true } }));
+    const res = await httpRequest('GET', `${at(A).url}/sockjs/info`, undefined, { headers: { origin: 'https://app.example.com' } });
+    assert.equal(res.status, 200);
+    const info = JSON.parse(res.body) as Record<string, unknown>;
+    assert.equal(info.websocket, false);
+    assert.equal(info.cookie_needed, true);
+    assert.deepEqual(info.origins, ['*:*']);
+    assert.equal(typeof info.entropy, 'number');
+    assert.match(String(info.base_url), new RegExp(`^${at(A).url}/cluster-ddp/[0-9a-f]{20}/web$`));
+    assert.equal(res.headers['access-control-allow-origin'], 'https://app.example.com');
+    assert.equal(res.headers['access-control-allow-credentials'], 'true');
+    assert.match(String(res.headers['cache-control']), /no-store/);
+    // Preflight goes to sockjs itself.
+    const pre = await httpRequest('OPTIONS', `${at(A).url}/sockjs/info`);
+    assert.equal(pre.status, 204);
+  });
+
+  it('honours ROOT_URL_PATH_PREFIX for info, pinned paths and raw websockets', async () => {
+    cluster = await startCluster(['a', 'b'], url, () => ({ app: { rootUrlPathPrefix: '/app' } }));
+    assert.match(at(A).url, /\/app$/);
+    const seen = await pool(Array.from({ length: 12 }), 4, async (_, n) => {
+      const c = track(n % 2 ? await sockjsDdp(at(A).url, { transports: ['xhr-polling'] }) : await wsDdp(at(A).url));
+      if (n % 2) assert.match(String((c as { info?: { base_url?: string } }).info?.base_url), /\/app\/cluster-ddp\//);
+      return (await whoami(c)).instanceId;
+    });
+    assert.deepEqual([...new Set(seen)].sort(), ['a', 'b']);
+  });
+
+  it('close() deregisters and gives the server its own listeners back', async () => {
+    cluster = await startCluster(['a', 'b'], url);
+    const a = at(A);
+    await a.cluster.close();
+    await waitView(at(B).cluster, 'a gone', (v) => !v.byId.has('a'), 5000);
+    const info = JSON.parse((await httpRequest('GET', `${a.url}/sockjs/info`)).body) as Record<string, unknown>;
+    assert.equal(info.base_url, undefined, 'plain sockjs answers again');
+    assert.equal((await whoami(track(await wsDdp(a.url)))).instanceId, 'a');
   });
 
   describe('client address and hop authentication', () => {

@@ -13,6 +13,7 @@ import { LoadSampler } from './load';
 import { createLogger, type Logger } from './log';
 import { keysFrom } from './sign';
 import { Balancer, rejectUpgrade, reply, type BalancerStats } from './balancer/balancer';
+import { createDashboard } from './dashboard';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -93,6 +94,13 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     config, logger, keys, view: () => registry.view(), random: options.random ?? Math.random, serveRequest, serveUpgrade,
   });
 
+  let handle: ClusterHandle | null = null;
+  const dashboard = createDashboard({
+    config, logger, view: () => registry.view(),
+    stats: () => (handle ? handle.stats() : {}) as unknown as Readonly<Record<string, unknown>>,
+    on: (event, listener) => void registry.on(event, listener as never),
+  });
+
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     try {
       let facts = balancer.classify(req);
@@ -104,7 +112,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         case 'health':
           return health(res, registry);
         case 'dashboard':
-          return serveRequest(req, res);
+          return dashboard.handle(req, res, facts.sub);
         case 'transport':
           if (facts.pinned === null || facts.pinned === registry.view().self?.endpointHash) local.polled(facts.sessionId, Date.now());
           return balancer.request(req, res, facts);
@@ -159,7 +167,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   logger.info('cluster.attached', { config: redactedConfig(config) });
 
   let closed: Promise<void> | null = null;
-  return {
+  handle = {
     config,
     logger,
     view: () => registry.view(),
@@ -189,12 +197,14 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         for (const l of requestListeners) server.on('request', l);
         for (const l of upgradeListeners) server.on('upgrade', l);
         balancer.close();
+        dashboard.close();
         await registry.close();
         sampler.close();
       })();
       return closed;
     },
   };
+  return handle;
 }
 
 function health(res: ServerResponse, registry: Registry): void {

@@ -28,6 +28,20 @@ export interface ClusterConfig {
   readonly disableSockjsCors: boolean;
   readonly useJsessionid: boolean;
   readonly appVersion: string | null;
+  /** Dashboard login password; when null the dashboard password is derived from CLUSTER_SECRET. */
+  readonly dashboardPassword: string | null;
+  readonly healthIntervalMs: number;
+  readonly healthTimeoutMs: number;
+  /** Consecutive failed checks before a peer is down (HAProxy's `fall`). */
+  readonly healthFall: number;
+  /** Consecutive good checks before a down peer is up again (HAProxy's `rise`). */
+  readonly healthRise: number;
+  /** How long a drain spreads the closing of existing sessions over. */
+  readonly drainWindowMs: number;
+  /** How long a member that just started serving ramps its effective capacity. */
+  readonly slowStartMs: number;
+  /** Origins allowed to open websocket and SockJS sessions; empty = any (Meteor's default). */
+  readonly allowedOrigins: readonly string[];
 }
 
 /** What callers may pass in JS; every field is optional and wins over the environment. */
@@ -213,6 +227,37 @@ const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } =
   disableWebsockets: flag('DISABLE_WEBSOCKETS'),
   disableSockjsCors: flag('DISABLE_SOCKJS_CORS'),
   useJsessionid: flag('USE_JSESSIONID'),
+  dashboardPassword: {
+    env: 'CLUSTER_DASHBOARD_PASSWORD',
+    secret: true,
+    parse(raw, show) {
+      if (Buffer.byteLength(raw) < 12) fail(FIELDS.dashboardPassword, show, 'use at least 12 characters');
+      return raw;
+    },
+  },
+  healthIntervalMs: duration('CLUSTER_HEALTH_INTERVAL', 100, '500ms'),
+  healthTimeoutMs: duration('CLUSTER_HEALTH_TIMEOUT', 50, '1s'),
+  healthFall: integer('CLUSTER_HEALTH_FALL', 1, 100, '2'),
+  healthRise: integer('CLUSTER_HEALTH_RISE', 1, 100, '2'),
+  drainWindowMs: duration('CLUSTER_DRAIN_WINDOW', 0, '30s'),
+  slowStartMs: duration('CLUSTER_SLOW_START', 0, '30s'),
+  allowedOrigins: {
+    env: 'CLUSTER_ALLOWED_ORIGINS',
+    parse(raw, show) {
+      const origins = raw.split(',').map((o) => o.trim()).filter(Boolean);
+      for (const o of origins) {
+        let ok = false;
+        try {
+          const u = new URL(o);
+          ok = (u.protocol === 'http:' || u.protocol === 'https:') && u.origin === o.replace(/\/+$/, '');
+        } catch {
+          ok = false;
+        }
+        if (!ok) fail(FIELDS.allowedOrigins, show, `list origins like https://app.example.com (scheme://host[:port], no path); ${JSON.stringify(o)} is not one`);
+      }
+      return Object.freeze(origins.map((o) => o.replace(/\/+$/, '')));
+    },
+  },
   appVersion: {
     env: 'CLUSTER_APP_VERSION',
     parse: (raw, show) => {
@@ -270,6 +315,14 @@ function defaults(): ClusterConfig {
     disableSockjsCors: false,
     useJsessionid: false,
     appVersion: null,
+    dashboardPassword: null,
+    healthIntervalMs: 500,
+    healthTimeoutMs: 1000,
+    healthFall: 2,
+    healthRise: 2,
+    drainWindowMs: 30_000,
+    slowStartMs: 30_000,
+    allowedOrigins: Object.freeze([]),
   };
 }
 
@@ -322,6 +375,7 @@ export function redactedConfig(c: ClusterConfig): Record<string, unknown> {
   return {
     ...c,
     secret: c.secret === null ? null : '<redacted>',
+    dashboardPassword: c.dashboardPassword === null ? null : '<redacted>',
     previousSecret: c.previousSecret === null ? null : '<redacted>',
     discoveryUrl: c.discoveryUrl === null ? null : c.discoveryUrl.replace(/\/\/[^@/]*@/, '//<redacted>@'),
   };

@@ -14,10 +14,18 @@ import { createLogger, type Logger } from './log';
 import { keysFrom } from './sign';
 import { Balancer, rejectUpgrade, reply, type BalancerStats } from './balancer/balancer';
 import { createDashboard } from './dashboard';
+import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
+import { viewFromMembers } from './discovery/view';
+import { drainSessions, type Closable, type DrainReport } from './drain';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
   readonly sessionCount?: () => number;
+  /**
+   * The live DDP sessions, for a drain to close (Meteor: `Meteor.server.sessions.values()`).
+   * Without it a drain closes the websockets it served and lets polling sessions end with the process.
+   */
+  readonly sessions?: () => Iterable<Closable>;
   readonly logger?: Logger;
   /** Environment to read CLUSTER_* from; defaults to process.env. */
   readonly env?: Readonly<Record<string, string | undefined>>;
@@ -27,6 +35,9 @@ export interface AttachOptions extends ClusterOptions {
 
 export interface ClusterStats extends BalancerStats {
   readonly instanceId: string;
+  /** Active health-check results per peer. */
+  readonly health: Readonly<Record<string, HealthStatus>>;
+  readonly discoveryRttMs: number | null;
   readonly state: MemberState;
   readonly sessions: number;
   readonly members: number;
@@ -42,6 +53,12 @@ export interface ClusterHandle {
   /** Resolves after the first successful discovery poll (at once without discovery). */
   ready(): Promise<void>;
   setState(state: MemberState): void;
+  /**
+   * Rolling-deploy drain: advertise `draining` (peers stop sending new sessions within a
+   * heartbeat), then close this instance's sessions gradually over CLUSTER_DRAIN_WINDOW.
+   * Resolves when all are closed; call close() after it to deregister.
+   */
+  drain(options?: { windowMs?: number }): Promise<DrainReport>;
   /**
    * For rewriting a page's DDP_DEFAULT_CONNECTION_URL: the balancer URL of the member a new
    * client should use, or null to keep the default.
@@ -90,13 +107,31 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     for (const l of upgradeListeners) l.call(server, req, socket, head);
   };
 
+  const checker = new HealthChecker({
+    intervalMs: config.healthIntervalMs, timeoutMs: config.healthTimeoutMs, fall: config.healthFall, rise: config.healthRise,
+    path: `${config.pathPrefix}${config.dashboardPath}/health`,
+  });
+  // The view routing uses: the registry's, with the health checks overlaid; rebuilt on change only.
+  let effective = registry.view();
+  const recompute = (): void => {
+    const v = registry.view();
+    checker.update(v);
+    effective = overlayHealth(v, (id) => checker.status(id), config.staleMs, (members) => viewFromMembers(members, v));
+  };
+  registry.on('view', recompute);
+  checker.on('change', (id, status) => {
+    recompute();
+    logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
+  });
+
   const balancer = new Balancer({
-    config, logger, keys, view: () => registry.view(), random: options.random ?? Math.random, serveRequest, serveUpgrade,
+    config, logger, keys, view: () => effective, random: options.random ?? Math.random, serveRequest, serveUpgrade,
+    peerDown: (id, reason) => checker.markDown(id, reason),
   });
 
   let handle: ClusterHandle | null = null;
   const dashboard = createDashboard({
-    config, logger, view: () => registry.view(),
+    config, logger, view: () => effective,
     stats: () => (handle ? handle.stats() : {}) as unknown as Readonly<Record<string, unknown>>,
     on: (event, listener) => void registry.on(event, listener as never),
   });
@@ -164,15 +199,16 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   timer.unref();
 
   registry.start();
+  checker.start();
   logger.info('cluster.attached', { config: redactedConfig(config) });
 
   let closed: Promise<void> | null = null;
   handle = {
     config,
     logger,
-    view: () => registry.view(),
+    view: () => effective,
     stats(): ClusterStats {
-      const view = registry.view();
+      const view = effective;
       return {
         ...balancer.stats(),
         instanceId: config.instanceId,
@@ -181,10 +217,26 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         members: view.members.length,
         healthyMembers: view.members.filter((m) => m.healthy).length,
         discoveryOk: view.discoveryOk,
+        health: checker.all(),
+        discoveryRttMs: registry.rttMs,
       };
     },
     ready: () => registry.ready(),
     setState: (state) => registry.setState(state),
+    drain(o = {}): Promise<DrainReport> {
+      registry.setState('draining');
+      const windowMs = o.windowMs ?? config.drainWindowMs;
+      logger.info('drain.start', { windowMs, sessions: sessionCount() });
+      return drainSessions({
+        windowMs,
+        noticeMs: config.heartbeatMs + config.healthIntervalMs,
+        sessions: options.sessions ?? (() => local.sockets()),
+        onBatch: (b) => logger.debug('drain.batch', { ...b }),
+      }).then((report) => {
+        logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
+        return report;
+      });
+    },
     pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
     on: (event, listener) => void registry.on(event, listener as never),
     off: (event, listener) => void registry.off(event, listener as never),
@@ -197,6 +249,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         for (const l of requestListeners) server.on('request', l);
         for (const l of upgradeListeners) server.on('upgrade', l);
         balancer.close();
+        checker.close();
         dashboard.close();
         await registry.close();
         sampler.close();
@@ -220,11 +273,16 @@ function health(res: ServerResponse, registry: Registry): void {
  */
 class LocalSessions {
   readonly #polls = new Map<string, number>();
-  #sockets = 0;
+  readonly #sockets = new Set<Socket>();
 
   websocket(socket: Socket): void {
-    this.#sockets++;
-    socket.once('close', () => this.#sockets--);
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+  }
+
+  /** The websockets served here, closable by a drain. */
+  sockets(): Closable[] {
+    return [...this.#sockets].map((s) => ({ close: () => s.destroy() }));
   }
 
   polled(sessionId: string, now: number): void {
@@ -233,7 +291,7 @@ class LocalSessions {
 
   count(now: number): number {
     this.prune(now);
-    return this.#sockets + this.#polls.size;
+    return this.#sockets.size + this.#polls.size;
   }
 
   prune(now: number): void {

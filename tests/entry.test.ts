@@ -23,6 +23,7 @@ function doc(over: Partial<Omit<EntryDoc, 'sig'>> = {}): Omit<EntryDoc, 'sig'> {
     heartbeatAt: new Date('2024-01-01T00:01:00Z'),
     heartbeatMs: 1000,
     seq: 61,
+    servingMs: 60_000,
     load: { sessions: 12, capacity: 500, elu: 0.25, delayMs: 3.5, cpu: 0.4, rss: 123_456_789 },
     ...over,
   };

@@ -39,6 +39,7 @@ function entry(id: string, spec: Spec = {}): EntryDoc {
     heartbeatAt: new Date(1_700_000_001_000),
     heartbeatMs: 1000,
     seq: 1,
+    servingMs: 60_000,
     load: { sessions: spec.sessions ?? 0, capacity: spec.capacity ?? 100, elu: spec.elu ?? 0.1, delayMs: 1, cpu: 0.1, rss: 1e8 },
     sig: null,
   };
@@ -68,7 +69,7 @@ function prng(seed: number): () => number {
   };
 }
 
-const POLICY: RoutePolicy = { selfWeight: 1, hysteresis: 0.1, hysteresisSessions: 2, publicServices: ['chat'], uiService: 'web' };
+const POLICY: RoutePolicy = { selfWeight: 1, hysteresis: 0.1, hysteresisSessions: 2, publicServices: ['chat'], uiService: 'web', slowStartMs: 0 };
 
 function state(over: Partial<RouteState> = {}): RouteState {
   return { pending: () => 0, sessionOwner: null, excluded: new Set(), hop: false, cookieHash: null, random: prng(1), ...over };

@@ -32,6 +32,7 @@ function entry(id: string, spec: Spec = {}): EntryDoc {
     heartbeatAt: new Date(2_000_000),
     heartbeatMs: 1000,
     seq: 3,
+    servingMs: 60_000,
     load: { sessions: spec.sessions ?? 0, capacity: 100, elu: 0.1, delayMs: 1, cpu: 0.1, rss: 1 },
     sig: null,
   };

@@ -45,14 +45,14 @@ export interface BalancerDeps {
   readonly random: () => number;
   readonly serveRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+  /** Passive health check: a connect to this member was refused or reset. */
+  readonly peerDown: (memberId: string, reason: string) => void;
 }
 
 /** New sessions may be retried on another member at most this many times. */
 const MAX_RETRIES = 2;
 /** Long polls last up to Meteor's 45 s sockjs heartbeat; give them room, never Meteor's 5 s. */
 const POLL_TIMEOUT_MS = 120_000;
-/** A member that refused a connect gets no new session from this balancer for this long. */
-const SUSPECT_MS = 5_000;
 const STREAMING = new Set(['xhr_streaming', 'eventsource', 'htmlfile', 'websocket']);
 
 export class Balancer {
@@ -62,7 +62,6 @@ export class Balancer {
   readonly #pending: PendingLoad;
   readonly #sessions: SessionTable;
   readonly #replay = new ReplayGuard();
-  readonly #suspects = new Map<string, number>();
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
     retries: 0, proxyErrors: 0, untrustedHops: 0, byTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
@@ -78,6 +77,7 @@ export class Balancer {
       hysteresisSessions: 2,
       publicServices: c.publicServices,
       uiService: c.uiService,
+      slowStartMs: c.slowStartMs,
     };
     this.#pending = new PendingLoad(Math.max(10_000, 5 * c.heartbeatMs));
     this.#sessions = new SessionTable(c.staleMs + 90_000, 200_000);
@@ -132,14 +132,8 @@ export class Balancer {
   maintain(now: number): void {
     this.#sessions.prune(now);
     this.#replay.prune(Date.now());
-    for (const [id, until] of this.#suspects) if (until <= now) this.#suspects.delete(id);
     const view = this.#d.view();
     this.#pending.prune(new Set(view.byId.keys()));
-  }
-
-  /** Marks a member down for new sessions after a failed connect (passive health check). */
-  suspect(memberId: string, now: number): void {
-    this.#suspects.set(memberId, now + SUSPECT_MS);
   }
 
   close(): void {
@@ -165,7 +159,6 @@ export class Balancer {
   #route(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
     const view = this.#d.view();
     const now = Date.now();
-    for (const [id, until] of this.#suspects) if (until > now) excluded.add(id);
     const sessionId = facts.kind === 'transport' ? facts.sessionId : null;
     return route({
       facts,
@@ -231,7 +224,7 @@ export class Balancer {
         const attempt = this.#attempt(req, d.member, facts, tries > 0);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
           this.#stats.proxyErrors++;
-          if (isConnectError(err) && !touched) this.suspect(d.member.id, Date.now());
+          if (isConnectError(err) && !touched) this.#d.peerDown(d.member.id, errCode(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', {
             to: d.member.endpoint, error: err, touched,
           });
@@ -270,7 +263,7 @@ export class Balancer {
         const attempt = this.#attempt(req, d.member, facts, false);
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           this.#stats.proxyErrors++;
-          if (isConnectError(err)) this.suspect(d.member.id, Date.now());
+          if (isConnectError(err)) this.#d.peerDown(d.member.id, errCode(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
           // A websocket upgrade always starts a session: nothing is lost by trying another member.
           if (tries < MAX_RETRIES && !socket.destroyed) {

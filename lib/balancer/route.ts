@@ -17,6 +17,8 @@ export interface RoutePolicy {
   readonly publicServices: readonly string[];
   /** CLUSTER_UI_SERVICE: the service behind pages and the default DDP connection. */
   readonly uiService: string | null;
+  /** CLUSTER_SLOW_START: a member's effective capacity ramps over this long after it starts serving. */
+  readonly slowStartMs: number;
 }
 
 export interface RouteState {
@@ -156,7 +158,9 @@ export function pickNew(input: RouteInput, service: string): Member | null {
   );
   if (candidates.length === 0) return null;
   if (candidates.length === 1) return candidates[0] ?? null;
-  const score = (m: Member): number => loadScore(m, state.pending(m.id), m.self ? policy.selfWeight : 1);
+  const oldest = Math.max(...candidates.map((m) => m.servingMs));
+  const weight = (m: Member): number => (m.self ? policy.selfWeight : 1) * ramp(m, oldest, policy.slowStartMs);
+  const score = (m: Member): number => loadScore(m, state.pending(m.id), weight(m));
 
   const i = Math.floor(state.random() * candidates.length) % candidates.length;
   let j = Math.floor(state.random() * (candidates.length - 1)) % (candidates.length - 1);
@@ -170,8 +174,23 @@ export function pickNew(input: RouteInput, service: string): Member | null {
   const self = candidates.find((m) => m.self);
   if (!self || best === self || policy.selfWeight === 0) return best;
   const selfScore = score(self);
-  const margin = policy.hysteresisSessions / (self.load.capacity * policy.selfWeight);
+  const margin = policy.hysteresisSessions / (Math.max(1, self.load.capacity) * weight(self));
   return selfScore <= Math.min(sa, sb) * (1 + policy.hysteresis) + margin ? self : best;
+}
+
+/** Members that started serving within this much of the oldest one started together. */
+const STARTED_TOGETHER_MS = 5000;
+
+/**
+ * Slow start: the share of its capacity a member offers, from 10% when it starts serving to 100%
+ * after `slowStartMs`, so the sessions of a restarted or drained peer don't all land on it at once.
+ * Relative to the oldest candidate: when the whole cluster starts together nobody is held back
+ * (and small differences in when members were observed don't skew the spread).
+ */
+export function ramp(m: Member, oldestServingMs: number, slowStartMs: number): number {
+  const ref = Math.min(slowStartMs, oldestServingMs);
+  if (ref <= 0 || m.servingMs >= ref - STARTED_TOGETHER_MS) return 1;
+  return Math.min(1, Math.max(0.1, m.servingMs / ref));
 }
 
 /**

@@ -21,6 +21,8 @@ export interface EntryDoc {
   readonly heartbeatMs: number;
   /** Bumped on every heartbeat; observers time its changes with their own clock (no clock-skew trust). */
   readonly seq: number;
+  /** How long the instance had been serving when it wrote this (0 unless serving): slow start. */
+  readonly servingMs: number;
   readonly load: LoadSnapshot;
   readonly sig: string | null;
 }
@@ -79,6 +81,7 @@ export function checkEntry(raw: unknown, keys: Keys | null): EntryCheck {
     heartbeatAt: d.heartbeatAt,
     heartbeatMs: num(d.heartbeatMs, 1000),
     seq: num(d.seq, 0),
+    servingMs: num(d.servingMs, 0),
     load: loadOf(d.load),
     sig: typeof d.sig === 'string' ? d.sig : null,
   };

@@ -55,6 +55,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   #client: MongoClient | null = null;
   #collection: Collection<EntryDoc> | null = null;
   #state: MemberState = 'starting';
+  #servingSince = 0;
   #seq = 0;
   #ticks = 0;
   #view: MembershipView;
@@ -65,6 +66,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   #closed = false;
   #wake: (() => void) | null = null;
   #lastLoad: LoadSnapshot;
+  #rttMs: number | null = null;
   #lastLoadAt = Date.now();
   #firstPoll: Promise<void>;
   #firstPollDone!: () => void;
@@ -113,6 +115,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.#state;
   }
 
+  /** Round-trip time of the last successful heartbeat + poll, ms. */
+  get rttMs(): number | null {
+    return this.#rttMs;
+  }
+
   get registered(): boolean {
     return this.#registered;
   }
@@ -121,6 +128,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   setState(state: MemberState): void {
     if (this.#state === state) return;
     this.#state = state;
+    if (state === 'serving') this.#servingSince = Date.now();
     this.#view = this.#rederive(this.#view.discoveryOk, this.#view.stale);
     this.emit('view', this.#view);
     this.#wake?.();
@@ -159,6 +167,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   async #tick(): Promise<void> {
     const collection = await this.#connect();
+    const began = performance.now();
     this.#lastLoad = this.#load();
     this.#lastLoadAt = Date.now();
     if (this.#registered) {
@@ -173,6 +182,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       .limit(MAX_MEMBERS)
       .toArray();
     const now = performance.now();
+    this.#rttMs = Math.round((now - began) * 10) / 10;
     this.#lastOkAt = now;
     this.#everOk = true;
     this.#apply(now, this.#observe(now, docs));
@@ -326,6 +336,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       heartbeatAt: new Date(this.#lastLoadAt),
       heartbeatMs: c.heartbeatMs,
       seq: ++this.#seq,
+      servingMs: this.#servingMs(),
       load: this.#lastLoad,
     });
   }
@@ -351,8 +362,13 @@ export class Registry extends EventEmitter<RegistryEvents> {
       heartbeatAgeMs: 0,
       heartbeatAt: this.#lastLoadAt,
       heartbeatMs: c.heartbeatMs,
+      servingMs: this.#servingMs(),
       load: this.#lastLoad,
     });
+  }
+
+  #servingMs(): number {
+    return this.#state === 'serving' ? Date.now() - this.#servingSince : 0;
   }
 
   #sleep(ms: number): Promise<void> {
@@ -375,7 +391,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 function entryOf(m: Member): EntryDoc {
   return {
     _id: m.id, service: m.service, endpoint: m.endpoint, endpointHash: m.endpointHash, balancer: m.balancer,
-    state: m.state, appVersion: m.appVersion, pkgVersion: m.pkgVersion, host: m.host, pid: m.pid,
+    state: m.state, appVersion: m.appVersion, pkgVersion: m.pkgVersion, host: m.host, pid: m.pid, servingMs: m.servingMs,
     startedAt: new Date(m.startedAt), heartbeatAt: new Date(m.heartbeatAt), heartbeatMs: m.heartbeatMs, seq: 0, load: m.load, sig: null,
   };
 }

@@ -21,6 +21,8 @@ export interface Member {
   /** Wall-clock time of the heartbeat that carried `load`, by the writer's clock. */
   readonly heartbeatAt: number;
   readonly heartbeatMs: number;
+  /** How long it has been serving, by now (0 unless serving). */
+  readonly servingMs: number;
   readonly load: LoadSnapshot;
 }
 
@@ -82,6 +84,7 @@ export function memberFrom(o: Observed, staleMs: number): Member {
     heartbeatAgeMs: Math.max(0, Math.round(o.ageMs)),
     heartbeatAt: e.heartbeatAt.getTime(),
     heartbeatMs: e.heartbeatMs,
+    servingMs: e.state === 'serving' ? e.servingMs + Math.max(0, o.ageMs) : 0,
     load: e.load,
   });
 }
@@ -91,7 +94,14 @@ export function buildView(input: ViewInput): MembershipView {
     .filter((o) => o.entry._id !== input.self?.id)
     .map((o) => memberFrom(o, input.staleMs));
   if (input.self) members.push(input.self);
-  members.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return viewFromMembers(members, input);
+}
+
+/** Indexes a list of members (any order) into a view; `meta` supplies the view-wide flags. */
+export function viewFromMembers(list: readonly Member[],
+  meta: { readonly at: number; readonly self: Member | null; readonly discoveryOk: boolean; readonly stale: boolean }): MembershipView {
+  const members = [...list].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const input = meta;
 
   const byId = new Map<string, Member>();
   const byService = new Map<string, Member[]>();

@@ -47,6 +47,7 @@ export async function startInstance(o: InstanceOptions): Promise<Instance> {
     instanceId: o.id,
     pathPrefix: app.rootUrlPathPrefix,
     sessionCount: () => app.sessionCount(),
+    sessions: () => app.sessions.values(),
     logger: createLogger('debug', { instance: o.id }, sink),
     env: {},
     ...o.attach,

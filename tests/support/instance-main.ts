@@ -1,16 +1,22 @@
 // One fixture DDP app with the balancer attached, configured by CLUSTER_* env vars, in its own
 // process. Prints "listening <url>" when ready. CLUSTER_ENDPOINT_URL is derived from the port.
 import { attach } from '../../lib/attach';
+import { drainOnSignals } from '../../lib/signals';
 import { createDdpApp } from './ddp-app';
 
 async function main(): Promise<void> {
   const app = createDdpApp({ instanceId: process.env.CLUSTER_INSTANCE_ID });
   await app.listen(Number(process.env.PORT ?? 0), '127.0.0.1');
-  const cluster = attach(app.server, { endpointUrl: app.origin, sessionCount: () => app.sessionCount() });
+  const cluster = attach(app.server, {
+    endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(),
+  });
   process.stdout.write(`listening ${app.url}\n`);
-  const stop = (): void => void cluster.close().then(() => app.close()).then(() => process.exit(0));
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  // SIGTERM/SIGINT: drain over CLUSTER_DRAIN_WINDOW, deregister, then exit (the app's own
+  // shutdown runs after, as a Meteor app's would).
+  drainOnSignals({
+    drain: () => cluster.drain(),
+    close: () => cluster.close().then(() => app.close()),
+  });
 }
 
 main().catch((err: unknown) => {

@@ -1,0 +1,185 @@
+/**
+ * Active health checks of peers (HAProxy-style interval, timeout, fall and rise) plus passive
+ * detection: a refused or reset connect marks a peer down at once. The registry's heartbeat says
+ * "alive as of a second ago"; the check says "reachable from here now", which also covers a peer
+ * that a partition hides from this balancer only.
+ */
+import { EventEmitter } from 'node:events';
+import http from 'node:http';
+import https from 'node:https';
+import { performance } from 'node:perf_hooks';
+import type { Member, MembershipView } from '../discovery/view';
+import type { MemberState } from '../discovery/entry';
+
+export interface HealthStatus {
+  readonly up: boolean;
+  /** Wall-clock time of the last result (check or passive observation). */
+  readonly checkedAt: number;
+  readonly rttMs: number | null;
+  readonly reason: string;
+  /** State the peer reported in its last answer (fresher than its registry entry). */
+  readonly state: MemberState | null;
+}
+
+export interface HealthOptions {
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly fall: number;
+  readonly rise: number;
+  /** Path of the health route on every instance, e.g. '/cluster/health' (with the path prefix). */
+  readonly path: string;
+}
+
+interface Peer {
+  member: Member;
+  status: HealthStatus | null;
+  fails: number;
+  oks: number;
+  inFlight: boolean;
+}
+
+export interface HealthEvents {
+  change: [id: string, status: HealthStatus];
+}
+
+export class HealthChecker extends EventEmitter<HealthEvents> {
+  readonly #opts: HealthOptions;
+  readonly #peers = new Map<string, Peer>();
+  readonly #agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  readonly #tlsAgent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(opts: HealthOptions) {
+    super();
+    this.#opts = opts;
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    this.#timer = setInterval(() => this.#round(), this.#opts.intervalMs);
+    this.#timer.unref();
+  }
+
+  /** Tracks the peers of a new view (not this instance itself). */
+  update(view: MembershipView): void {
+    const seen = new Set<string>();
+    for (const m of view.members) {
+      if (m.self) continue;
+      seen.add(m.id);
+      const p = this.#peers.get(m.id);
+      if (p) p.member = m;
+      else this.#peers.set(m.id, { member: m, status: null, fails: 0, oks: 0, inFlight: false });
+    }
+    for (const id of this.#peers.keys()) if (!seen.has(id)) this.#peers.delete(id);
+  }
+
+  status(id: string): HealthStatus | null {
+    return this.#peers.get(id)?.status ?? null;
+  }
+
+  all(): Record<string, HealthStatus> {
+    const out: Record<string, HealthStatus> = {};
+    for (const [id, p] of this.#peers) if (p.status) out[id] = p.status;
+    return out;
+  }
+
+  /** Passive detection: a connect to `id` was refused or reset. Down at once, rise as usual. */
+  markDown(id: string, reason: string): void {
+    const p = this.#peers.get(id);
+    if (!p) return;
+    p.fails = Math.max(p.fails, this.#opts.fall);
+    p.oks = 0;
+    this.#set(p, { up: false, checkedAt: Date.now(), rttMs: null, reason: `passive: ${reason}`, state: p.status?.state ?? null });
+  }
+
+  close(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    this.#agent.destroy();
+    this.#tlsAgent.destroy();
+  }
+
+  #round(): void {
+    for (const p of this.#peers.values()) if (!p.inFlight) this.#check(p);
+  }
+
+  #check(p: Peer): void {
+    p.inFlight = true;
+    const target = new URL(this.#opts.path, p.member.endpoint);
+    const secure = target.protocol === 'https:';
+    const began = performance.now();
+    const id = p.member.id;
+    const done = (ok: boolean, reason: string, state: MemberState | null): void => {
+      p.inFlight = false;
+      if (this.#peers.get(id) !== p) return; // left the view meanwhile
+      const rttMs = Math.round((performance.now() - began) * 10) / 10;
+      if (ok) {
+        p.oks++;
+        p.fails = 0;
+      } else {
+        p.fails++;
+        p.oks = 0;
+      }
+      const wasUp = p.status?.up ?? true;
+      // Unknown peers start up (the heartbeat vouches for them); then fall/rise decide.
+      const up = wasUp ? p.fails < this.#opts.fall : p.oks >= this.#opts.rise;
+      this.#set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state });
+    };
+    const req = (secure ? https : http).get(target, { agent: secure ? this.#tlsAgent : this.#agent, timeout: this.#opts.timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (body.length < 4096) body += chunk;
+      });
+      res.on('end', () => {
+        const answer = parseHealth(body);
+        // 503 while draining is still alive; what matters is that the right instance answered.
+        if (answer === null) return done(false, `bad answer (HTTP ${res.statusCode ?? 0})`, null);
+        if (answer.id !== id) return done(false, 'another instance answers at this endpoint', null);
+        done(true, 'ok', answer.state);
+      });
+      res.on('error', (err) => done(false, err.message, null));
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${this.#opts.timeoutMs} ms`)));
+    req.on('error', (err: Error & { code?: string }) => done(false, err.code ?? err.message, null));
+  }
+
+  #set(p: Peer, status: HealthStatus): void {
+    const before = p.status;
+    p.status = status;
+    if (!before || before.up !== status.up || before.state !== status.state) this.emit('change', p.member.id, status);
+  }
+}
+
+function parseHealth(body: string): { id: string; state: MemberState | null } | null {
+  try {
+    const v = JSON.parse(body) as { id?: unknown; status?: unknown };
+    if (typeof v.id !== 'string') return null;
+    const state = v.status === 'serving' || v.status === 'draining' || v.status === 'starting' ? v.status : null;
+    return { id: v.id, state };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The view routing uses: the registry's, with each peer's health and state overlaid from the
+ * checks. A peer the checks say is down is unhealthy whatever its heartbeat; a peer the checks
+ * reach keeps its sessions through a short heartbeat gap (its registry writes may lag) but not
+ * indefinitely: a registry entry dead for long may be another process on the same port.
+ */
+export function overlayHealth(view: MembershipView, status: (id: string) => HealthStatus | null, staleMs: number,
+  rebuild: (members: Member[]) => MembershipView): MembershipView {
+  let changed = false;
+  const members = view.members.map((m) => {
+    if (m.self) return m;
+    const s = status(m.id);
+    if (s === null) return m;
+    const healthy = s.up && (m.healthy || m.heartbeatAgeMs < 3 * staleMs);
+    const state = s.up && s.state !== null ? s.state : m.state;
+    if (healthy === m.healthy && state === m.state) return m;
+    changed = true;
+    return { ...m, healthy, state };
+  });
+  return changed ? rebuild(members) : view;
+}

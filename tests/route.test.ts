@@ -18,6 +18,8 @@ interface Spec {
   readonly elu?: number;
   /** How long ago its heartbeat advanced; past STALE_MS it is unhealthy. */
   readonly ageMs?: number;
+  /** How long it has been serving (slow start). */
+  readonly servingMs?: number;
 }
 
 const endpointOf = (id: string): string => `http://${id}.internal:3000`;
@@ -39,7 +41,7 @@ function entry(id: string, spec: Spec = {}): EntryDoc {
     heartbeatAt: new Date(1_700_000_001_000),
     heartbeatMs: 1000,
     seq: 1,
-    servingMs: 60_000,
+    servingMs: spec.servingMs ?? 60_000,
     load: { sessions: spec.sessions ?? 0, capacity: spec.capacity ?? 100, elu: spec.elu ?? 0.1, delayMs: 1, cpu: 0.1, rss: 1e8 },
     sig: null,
   };
@@ -707,6 +709,43 @@ describe('route', () => {
         assert.equal(where(d), 'reject:503', url);
       }
       assert.equal(where(decide('/sockjs/1/s/xhr', view(me('lb', { service: 'lb' }), dead('b')))), 'reject:503');
+    });
+  });
+
+  describe('slow start', () => {
+    const SLOW = 30_000;
+    /** Routes n new sessions through `route`, feeding pending counts back like the balancer does. */
+    function share(v: MembershipView, n: number, slowStartMs: number): Record<string, number> {
+      const pending = new Map<string, number>();
+      const counts: Record<string, number> = {};
+      const random = prng(3);
+      for (let i = 0; i < n; i++) {
+        const d = decide('/sockjs/info', v, { pending: (id) => pending.get(id) ?? 0, random }, { slowStartMs, hysteresis: 0, hysteresisSessions: 0 });
+        assert.equal(d.action, 'pin');
+        if (d.action === 'pin') {
+          pending.set(d.member.id, (pending.get(d.member.id) ?? 0) + 1);
+          counts[d.member.id] = (counts[d.member.id] ?? 0) + 1;
+        }
+      }
+      return counts;
+    }
+
+    it('gives a member that just started serving a small share, growing with its serving time', () => {
+      const young = (ms: number): MembershipView =>
+        view(me('lb', { service: 'lb' }), peer('old1', { capacity: 1000 }), peer('old2', { capacity: 1000 }), peer('new', { capacity: 1000, servingMs: ms }));
+      const at3s = share(young(3000), 300, SLOW).new ?? 0;
+      const at15s = share(young(15_000), 300, SLOW).new ?? 0;
+      const done = share(young(40_000), 300, SLOW).new ?? 0;
+      assert.ok(at3s <= 15, `10% ramp at 3 s: ${at3s}`);
+      assert.ok(at15s > at3s && at15s < done, `${at3s} < ${at15s} < ${done}`);
+      assert.ok(done >= 90, `full share after the slow start: ${done}`);
+      assert.ok((share(young(3000), 300, 0).new ?? 0) >= 90, 'off when CLUSTER_SLOW_START is 0');
+    });
+
+    it('holds nobody back when the whole cluster starts together', () => {
+      const v = view(me('lb', { service: 'lb' }), peer('a', { servingMs: 1200 }), peer('b', { servingMs: 900 }), peer('c', { servingMs: 2500 }));
+      const counts = share(v, 300, SLOW);
+      for (const id of ['a', 'b', 'c']) assert.ok((counts[id] ?? 0) >= 95, JSON.stringify(counts));
     });
   });
 });

@@ -55,7 +55,7 @@ describe('membership view', () => {
       assert.deepEqual(m, {
         id: 'a', service: 'web', endpoint: 'http://a.internal:3000', endpointHash: endpointHash('http://a.internal:3000'),
         balancer: 'https://lb.example.com', state: 'draining', healthy: true, self: false, appVersion: '1.0.0', pkgVersion: '0.1.0',
-        host: 'a.internal', pid: 7, startedAt: 1_000_000, heartbeatAgeMs: 1235, heartbeatAt: 2_000_000, heartbeatMs: 1000,
+        host: 'a.internal', pid: 7, startedAt: 1_000_000, heartbeatAgeMs: 1235, heartbeatAt: 2_000_000, heartbeatMs: 1000, servingMs: 0,
         load: { sessions: 0, capacity: 100, elu: 0.1, delayMs: 1, cpu: 0.1, rss: 1 },
       });
       assert.ok(Object.isFrozen(m));
@@ -230,3 +230,20 @@ describe('membership view', () => {
     });
   });
 });
+
+describe('membership view: serving time', () => {
+  it('adds the observed heartbeat age to the serving time a serving member reported', () => {
+    const base = memberFrom({ entry: { ...entryForServing(), state: 'serving', servingMs: 10_000 }, ageMs: 700 }, 5000);
+    assert.equal(base.servingMs, 10_700);
+    const draining = memberFrom({ entry: { ...entryForServing(), state: 'draining', servingMs: 10_000 }, ageMs: 700 }, 5000);
+    assert.equal(draining.servingMs, 0);
+  });
+});
+
+function entryForServing(): import('../lib/discovery/entry').EntryDoc {
+  return {
+    _id: 's', service: 'web', endpoint: 'http://s:1', endpointHash: endpointHash('http://s:1'), balancer: null, state: 'serving',
+    appVersion: null, pkgVersion: '0', host: 'h', pid: 1, startedAt: new Date(0), heartbeatAt: new Date(0), heartbeatMs: 1000,
+    seq: 1, servingMs: 0, load: { sessions: 0, capacity: 1, elu: 0, delayMs: 0, cpu: 0, rss: 0 }, sig: null,
+  };
+}

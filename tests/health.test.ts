@@ -1,0 +1,123 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { HealthChecker, overlayHealth, type HealthStatus } from '../lib/balancer/health';
+import { buildView, viewFromMembers, type Member, type MembershipView } from '../lib/discovery/view';
+import { endpointHash } from '../lib/sign';
+
+/** A real server answering the health route like attach() does. */
+async function peerServer(id: () => string, status = 'serving'): Promise<{ server: http.Server; port: number }> {
+  const server = http.createServer((req, res) => {
+    if (req.url !== '/cluster/health') return void res.writeHead(404).end();
+    res.writeHead(status === 'serving' ? 200 : 503, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ status, id: id() }));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+function viewOf(peers: { id: string; port: number; ageMs?: number }[]): MembershipView {
+  return buildView({
+    at: 0, self: null, staleMs: 3000, discoveryOk: true, stale: false,
+    observed: peers.map((p) => ({
+      ageMs: p.ageMs ?? 100,
+      entry: {
+        _id: p.id, service: 'web', endpoint: `http://127.0.0.1:${p.port}`, endpointHash: endpointHash(`http://127.0.0.1:${p.port}`),
+        balancer: null, state: 'serving', appVersion: null, pkgVersion: '0', host: 'h', pid: 1, startedAt: new Date(), heartbeatAt: new Date(),
+        heartbeatMs: 1000, seq: 1, servingMs: 1000, load: { sessions: 0, capacity: 10, elu: 0, delayMs: 0, cpu: 0, rss: 0 }, sig: null,
+      },
+    })),
+  });
+}
+
+function waitStatus(checker: HealthChecker, id: string, pred: (s: HealthStatus) => boolean, what: string): Promise<HealthStatus> {
+  return new Promise((resolve, reject) => {
+    const now = checker.status(id);
+    if (now && pred(now)) return resolve(now);
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 10_000);
+    const on = (changed: string, s: HealthStatus): void => {
+      if (changed !== id || !pred(s)) return;
+      clearTimeout(timer);
+      checker.off('change', on);
+      resolve(s);
+    };
+    checker.on('change', on);
+  });
+}
+
+describe('health checks (real peers over http)', function () {
+  this.timeout(30_000);
+  const servers: http.Server[] = [];
+  let checker: HealthChecker;
+  beforeEach(() => {
+    checker = new HealthChecker({ intervalMs: 100, timeoutMs: 300, fall: 2, rise: 2, path: '/cluster/health' });
+  });
+  afterEach(() => {
+    checker.close();
+    for (const s of servers.splice(0)) s.closeAllConnections(), s.close();
+  });
+
+  it('marks a peer down after `fall` failed checks and up again after `rise` good ones', async () => {
+    const peer = await peerServer(() => 'p');
+    servers.push(peer.server);
+    checker.update(viewOf([{ id: 'p', port: peer.port }]));
+    checker.start();
+    const up = await waitStatus(checker, 'p', (s) => s.up && s.rttMs !== null, 'first good check');
+    assert.equal(up.state, 'serving');
+    peer.server.closeAllConnections();
+    peer.server.close();
+    const down = await waitStatus(checker, 'p', (s) => !s.up, 'down');
+    assert.match(down.reason, /ECONNREFUSED/);
+    peer.server.listen(peer.port, '127.0.0.1');
+    await once(peer.server, 'listening');
+    await waitStatus(checker, 'p', (s) => s.up, 'up again');
+  });
+
+  it('is down when another instance answers at the endpoint, and reports draining', async () => {
+    let who = 'someone-else';
+    const peer = await peerServer(() => who, 'draining');
+    servers.push(peer.server);
+    checker.update(viewOf([{ id: 'p', port: peer.port }]));
+    checker.start();
+    const s = await waitStatus(checker, 'p', (x) => !x.up, 'down for the wrong id');
+    assert.match(s.reason, /another instance/);
+    who = 'p';
+    const ok = await waitStatus(checker, 'p', (x) => x.up, 'up');
+    assert.equal(ok.state, 'draining', '503 while draining is alive, with its state');
+  });
+
+  it('marks a peer down at once on a refused connect (passive)', async () => {
+    const peer = await peerServer(() => 'p');
+    servers.push(peer.server);
+    checker.update(viewOf([{ id: 'p', port: peer.port }]));
+    checker.markDown('p', 'ECONNREFUSED');
+    assert.equal(checker.status('p')?.up, false);
+    checker.start();
+    await waitStatus(checker, 'p', (s) => s.up, 'rises after good checks');
+  });
+});
+
+describe('overlayHealth', () => {
+  const rebuild = (v: MembershipView) => (members: Member[]) => viewFromMembers(members, v);
+  const base = viewOf([{ id: 'a', port: 1 }, { id: 'b', port: 2 }, { id: 'old', port: 3, ageMs: 4000 }, { id: 'gone', port: 4, ageMs: 20_000 }]);
+  const st = (up: boolean, state: HealthStatus['state'] = 'serving'): HealthStatus => ({ up, checkedAt: 0, rttMs: 1, reason: 'x', state });
+
+  it('returns the same view when checks agree or have no result', () => {
+    assert.equal(overlayHealth(base, () => null, 3000, rebuild(base)), base);
+    assert.equal(overlayHealth(base, (id) => (id === 'a' ? st(true) : null), 3000, rebuild(base)), base);
+  });
+
+  it('takes a peer down by checks whatever its heartbeat, and applies the state it reported', () => {
+    const v = overlayHealth(base, (id) => (id === 'a' ? st(false) : id === 'b' ? st(true, 'draining') : null), 3000, rebuild(base));
+    assert.equal(v.byId.get('a')?.healthy, false);
+    assert.equal(v.byId.get('b')?.state, 'draining');
+  });
+
+  it('keeps a reachable peer through a short heartbeat gap but not a long one', () => {
+    const v = overlayHealth(base, () => st(true), 3000, rebuild(base));
+    assert.equal(v.byId.get('old')?.healthy, true, '4 s old heartbeat, checks fine');
+    assert.equal(v.byId.get('gone')?.healthy, false, '20 s old heartbeat: not trusted any more');
+  });
+});

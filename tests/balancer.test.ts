@@ -204,6 +204,20 @@ describe('balancer (three real instances, real clients)', function () {
     assert.equal((await whoami(track(await wsDdp(a.url)))).instanceId, 'a');
   });
 
+  it('refuses websocket and SockJS handshakes from origins outside CLUSTER_ALLOWED_ORIGINS', async () => {
+    cluster = await startCluster(['a', 'b'], url, () => ({ attach: { allowedOrigins: ['https://app.example.com'] } }));
+    const evil = { headers: { origin: 'https://evil.example.net' } };
+    await assert.rejects(wsDdp(at(A).url, evil), /HTTP 403/);
+    assert.equal((await httpRequest('GET', `${at(A).url}/sockjs/info`, undefined, evil)).status, 403);
+    assert.equal((await httpRequest('POST', `${at(A).url}/sockjs/1/abc/xhr`, '', evil)).status, 403);
+    const good = track(await wsDdp(at(A).url, { headers: { origin: 'https://app.example.com' } }));
+    assert.ok((await whoami(good)).instanceId);
+    const nodeClient = track(await wsDdp(at(A).url));
+    assert.ok((await whoami(nodeClient)).instanceId, 'no Origin (Node/mobile DDP clients) passes');
+    assert.equal((await httpRequest('GET', `${at(A).url}/some/page`, undefined, evil)).status, 200, 'pages are not guarded');
+    assert.equal(at(A).cluster.stats().forbiddenOrigins, 3);
+  });
+
   describe('client address and hop authentication', () => {
     const CLIENT = '127.0.0.2';
     const XFF = '203.0.113.7, 198.51.100.20';

@@ -31,6 +31,11 @@ export interface BalancerStats {
   retries: number;
   proxyErrors: number;
   untrustedHops: number;
+  /** Refused by the Origin allow-list (CLUSTER_ALLOWED_ORIGINS). */
+  forbiddenOrigins: number;
+  /** Refused because too many proxied requests were pending. */
+  overloaded: number;
+  pendingProxies: number;
   byTransport: Record<string, number>;
   byReason: Record<string, number>;
   sessionTable: number;
@@ -54,6 +59,12 @@ const MAX_RETRIES = 2;
 /** Long polls last up to Meteor's 45 s sockjs heartbeat; give them room, never Meteor's 5 s. */
 const POLL_TIMEOUT_MS = 120_000;
 const STREAMING = new Set(['xhr_streaming', 'eventsource', 'htmlfile', 'websocket']);
+/**
+ * Proxied requests and upgrades waiting for their peer at once; past it new ones get 503, so a
+ * flood (or a stalled peer) can't pile up sockets and memory without bound. Long polls that are
+ * already answered-and-streaming don't count.
+ */
+const MAX_PENDING = 10_000;
 
 export class Balancer {
   readonly #d: BalancerDeps;
@@ -64,8 +75,11 @@ export class Balancer {
   readonly #replay = new ReplayGuard();
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
-    retries: 0, proxyErrors: 0, untrustedHops: 0, byTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
+    retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
+    byTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
   };
+  #pendingProxies = 0;
+  readonly #origins: ReadonlySet<string>;
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
 
   constructor(deps: BalancerDeps) {
@@ -82,6 +96,7 @@ export class Balancer {
     this.#pending = new PendingLoad(Math.max(10_000, 5 * c.heartbeatMs));
     this.#sessions = new SessionTable(c.staleMs + 90_000, 200_000);
     this.#classifyOptions = { pathPrefix: c.pathPrefix, dashboardPath: c.dashboardPath };
+    this.#origins = new Set(c.allowedOrigins);
   }
 
   classify(req: IncomingMessage): RequestFacts {
@@ -92,6 +107,10 @@ export class Balancer {
   request(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.requests++;
     const hop = this.#hop(req);
+    if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
+      this.#stats.forbiddenOrigins++;
+      return reply(res, 403, 'origin not allowed');
+    }
     const decision = this.#route(req, facts, hop, new Set());
     this.#count(facts, decision);
     this.#actWeb(req, res, facts, hop, decision, 0);
@@ -100,6 +119,10 @@ export class Balancer {
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.upgrades++;
     const hop = this.#hop(req);
+    if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
+      this.#stats.forbiddenOrigins++;
+      return rejectUpgrade(socket, 403, 'origin not allowed');
+    }
     const decision = this.#route(req, facts, hop, new Set());
     this.#count(facts, decision);
     this.#actUpgrade(req, socket, head, facts, hop, decision, 0, new Set());
@@ -123,6 +146,7 @@ export class Balancer {
       ...this.#stats,
       byTransport: { ...this.#stats.byTransport },
       byReason: { ...this.#stats.byReason },
+      pendingProxies: this.#pendingProxies,
       sessionTable: this.#sessions.size,
       openProxiedSockets: this.#forwarder.openUpgrades,
     };
@@ -138,6 +162,32 @@ export class Balancer {
 
   close(): void {
     this.#forwarder.close();
+  }
+
+  /**
+   * Cross-site websocket hijacking guard: with an allow-list, a browser session (which always
+   * sends Origin on websockets and cross-origin requests) must come from a listed origin.
+   * Requests without Origin (same-origin GETs, Node/mobile DDP clients) pass.
+   */
+  #originAllowed(req: IncomingMessage): boolean {
+    if (this.#origins.size === 0) return true;
+    const origin = req.headers.origin;
+    return origin === undefined || this.#origins.has(origin);
+  }
+
+  /** Counts a proxy attempt until its peer answered (or failed); false when over the cap. */
+  #admit(): (() => void) | null {
+    if (this.#pendingProxies >= MAX_PENDING) {
+      this.#stats.overloaded++;
+      return null;
+    }
+    this.#pendingProxies++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#pendingProxies--;
+    };
   }
 
   #hop(req: IncomingMessage): HopCheck {
@@ -221,8 +271,12 @@ export class Balancer {
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;
         req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
+        const release = this.#admit();
+        if (release === null) return reply(res, 503, 'balancer overloaded');
+        res.once('close', release);
         const attempt = this.#attempt(req, d.member, facts, tries > 0);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
+          release();
           this.#stats.proxyErrors++;
           if (isConnectError(err) && !touched) this.#d.peerDown(d.member.id, errCode(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', {
@@ -236,7 +290,7 @@ export class Balancer {
             return this.#actWeb(req, res, facts, hop, next, tries + 1);
           }
           reply(res, 502, 'upstream unavailable');
-        });
+        }, release);
         return;
       }
     }
@@ -260,8 +314,12 @@ export class Balancer {
         this.#stats.hopsOut++;
         this.#remember(facts, d, d.member);
         if ('localUrl' in facts) req.url = facts.localUrl;
+        const release = this.#admit();
+        if (release === null) return rejectUpgrade(socket, 503, 'balancer overloaded');
+        socket.once('close', release);
         const attempt = this.#attempt(req, d.member, facts, false);
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
+          release();
           this.#stats.proxyErrors++;
           if (isConnectError(err)) this.#d.peerDown(d.member.id, errCode(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
@@ -273,7 +331,7 @@ export class Balancer {
             return this.#actUpgrade(req, socket, head, facts, hop, next, tries + 1, excluded);
           }
           rejectUpgrade(socket, 502, 'upstream unavailable');
-        }, () => undefined);
+        }, release);
         return;
       }
     }

@@ -35,13 +35,21 @@ export class Forwarder {
   readonly #httpAgent = new http.Agent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #httpsAgent = new https.Agent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
+  readonly #answered = new WeakMap<IncomingMessage, () => void>();
 
   constructor() {
     // A proxy error without a callback would be emitted here; never let it become an uncaught 'error'.
     this.#proxy.on('error', () => undefined);
+    this.#proxy.on('proxyRes', (_proxyRes: IncomingMessage, req: IncomingMessage) => {
+      const cb = this.#answered.get(req);
+      this.#answered.delete(req);
+      cb?.();
+    });
   }
 
-  web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure): void {
+  /** `onAnswer` runs when the peer's response headers arrive. */
+  web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void = () => undefined): void {
+    this.#answered.set(req, onAnswer);
     const secure = attempt.target.protocol === 'https:';
     this.#proxy.web(req, res, {
       target: attempt.target.origin,

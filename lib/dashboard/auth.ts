@@ -213,7 +213,8 @@ export class FailureLimiter {
     return e.failures >= this.#o.maxFailures ? e.since + this.#o.windowMs - now : 0;
   }
 
-  fail(key: string, now: number): void {
+  /** Counts a failure; true when this one used up the address's allowance (log it once). */
+  fail(key: string, now: number): boolean {
     let e = this.#entries.get(key);
     if (!e || now - e.since >= this.#o.windowMs) {
       this.#entries.delete(key);
@@ -226,6 +227,7 @@ export class FailureLimiter {
       this.#entries.set(key, e);
     }
     e.failures++;
+    return e.failures === this.#o.maxFailures;
   }
 
   succeed(key: string): void {

@@ -1,0 +1,202 @@
+/**
+ * Prometheus metrics for one attached instance, in a registry of its own (never prom-client's
+ * global one). Every value is computed at scrape time from stats() and view() in `collect()`, so
+ * nothing here runs on the request path. Each instance reports the whole cluster as it sees it
+ * (per-member gauges labelled `member`) plus its own balancer counters.
+ */
+import { Counter, Gauge, Registry, type Metric } from 'prom-client';
+import type { MembershipView } from './discovery/view';
+import { MEMBER_STATES } from './discovery/entry';
+
+export interface MetricsDeps {
+  readonly view: () => MembershipView;
+  /** The ClusterStats of lib/attach.ts, read defensively (fields may be added or missing). */
+  readonly stats: () => Readonly<Record<string, unknown>>;
+  readonly instanceId: string;
+  readonly service: string | null;
+  readonly appVersion: string | null;
+  readonly pkgVersion: string;
+}
+
+export interface ClusterMetrics {
+  readonly registry: Registry;
+  readonly contentType: string;
+  /** The exposition text. */
+  metrics(): Promise<string>;
+}
+
+/** A health-check result as `stats().health` reports it per member id. */
+interface CheckResult {
+  readonly up: boolean;
+  readonly checkedAt: number;
+  readonly rttMs: number | null;
+  readonly reason: string;
+}
+
+export const METRIC_NAMES = [
+  'ddp_cluster_info',
+  'ddp_cluster_member_sessions',
+  'ddp_cluster_member_capacity',
+  'ddp_cluster_member_healthy',
+  'ddp_cluster_member_heartbeat_age_seconds',
+  'ddp_cluster_member_event_loop_utilization',
+  'ddp_cluster_member_event_loop_delay_seconds',
+  'ddp_cluster_member_cpu_cores',
+  'ddp_cluster_member_rss_bytes',
+  'ddp_cluster_member_start_time_seconds',
+  'ddp_cluster_members',
+  'ddp_cluster_requests_total',
+  'ddp_cluster_routed_requests_total',
+  'ddp_cluster_routing_decisions_total',
+  'ddp_cluster_proxy_errors_total',
+  'ddp_cluster_proxy_retries_total',
+  'ddp_cluster_untrusted_hops_total',
+  'ddp_cluster_hops_total',
+  'ddp_cluster_session_table_entries',
+  'ddp_cluster_open_proxied_sockets',
+  'ddp_cluster_discovery_up',
+  'ddp_cluster_view_stale',
+  'ddp_cluster_health_check_up',
+  'ddp_cluster_health_check_rtt_seconds',
+  'ddp_cluster_health_check_age_seconds',
+  'ddp_cluster_discovery_rtt_seconds',
+] as const;
+
+interface Snapshot {
+  readonly view: MembershipView;
+  readonly stats: Readonly<Record<string, unknown>>;
+  readonly now: number;
+}
+
+const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+const counts = (v: unknown): [string, number][] =>
+  typeof v === 'object' && v !== null ? Object.entries(v as Record<string, unknown>).map(([k, n]) => [k, num(n)]) : [];
+
+export function healthResults(stats: Readonly<Record<string, unknown>>): Record<string, CheckResult> | null {
+  const h = stats.health;
+  if (typeof h !== 'object' || h === null) return null;
+  const out: Record<string, CheckResult> = {};
+  for (const [id, r] of Object.entries(h as Record<string, unknown>)) {
+    if (typeof r !== 'object' || r === null) continue;
+    const x = r as Record<string, unknown>;
+    out[id] = {
+      up: x.up === true,
+      checkedAt: num(x.checkedAt),
+      rttMs: typeof x.rttMs === 'number' ? x.rttMs : null,
+      reason: typeof x.reason === 'string' ? x.reason : '',
+    };
+  }
+  return out;
+}
+
+export function createMetrics(deps: MetricsDeps): ClusterMetrics {
+  const registry = new Registry();
+
+  // One snapshot per scrape: prom-client calls every collect() in the same tick.
+  let cached: Snapshot | null = null;
+  const snap = (): Snapshot => {
+    if (cached === null) {
+      cached = { view: deps.view(), stats: deps.stats(), now: Date.now() };
+      setImmediate(() => (cached = null));
+    }
+    return cached;
+  };
+
+  const gauge = (name: string, help: string, labelNames: readonly string[], fill: (g: Gauge, s: Snapshot) => void): Gauge =>
+    new Gauge({
+      name, help, labelNames: [...labelNames], registers: [registry],
+      collect(this: Gauge) {
+        this.reset();
+        fill(this, snap());
+      },
+    });
+  const counter = (name: string, help: string, labelNames: readonly string[], fill: (c: Counter, s: Snapshot) => void): Counter =>
+    new Counter({
+      name, help, labelNames: [...labelNames], registers: [registry],
+      collect(this: Counter) {
+        this.reset();
+        fill(this, snap());
+      },
+    });
+
+  const perMember = (name: string, help: string, value: (m: MembershipView['members'][number], now: number) => number): Gauge =>
+    gauge(name, help, ['member', 'service'], (g, s) => {
+      for (const m of s.view.members) g.set({ member: m.id, service: m.service }, value(m, s.now));
+    });
+
+  gauge('ddp_cluster_info', 'This instance (always 1).', ['instance', 'service', 'app_version', 'version'], (g) => {
+    g.set({ instance: deps.instanceId, service: deps.service ?? '', app_version: deps.appVersion ?? '', version: deps.pkgVersion }, 1);
+  });
+  perMember('ddp_cluster_member_sessions', 'Live DDP sessions each member reported in its last heartbeat.', (m) => m.load.sessions);
+  perMember('ddp_cluster_member_capacity', 'Sessions each member is sized for (CLUSTER_CAPACITY).', (m) => m.load.capacity);
+  perMember('ddp_cluster_member_healthy', '1 if the member is healthy as this instance sees it (heartbeat and health checks), else 0.', (m) => (m.healthy ? 1 : 0));
+  perMember('ddp_cluster_member_heartbeat_age_seconds', 'Seconds since the member\'s heartbeat last advanced, by this instance\'s clock.', (m) => m.heartbeatAgeMs / 1000);
+  perMember('ddp_cluster_member_event_loop_utilization', 'Event-loop utilization of the member over its last heartbeat interval (0..1).', (m) => m.load.elu);
+  perMember('ddp_cluster_member_event_loop_delay_seconds', 'Event-loop delay p99 of the member over its last heartbeat interval.', (m) => m.load.delayMs / 1000);
+  perMember('ddp_cluster_member_cpu_cores', 'CPU used by the member over its last heartbeat interval, in cores.', (m) => m.load.cpu);
+  perMember('ddp_cluster_member_rss_bytes', 'Resident set size of the member.', (m) => m.load.rss);
+  perMember('ddp_cluster_member_start_time_seconds', 'Start time of the member, Unix seconds.', (m) => m.startedAt / 1000);
+
+  gauge('ddp_cluster_members', 'Members by state and health, as this instance sees them.', ['state', 'health'], (g, s) => {
+    for (const state of MEMBER_STATES) for (const health of ['healthy', 'unhealthy']) g.set({ state, health }, 0);
+    for (const m of s.view.members) g.inc({ state: m.state, health: m.healthy ? 'healthy' : 'unhealthy' });
+  });
+
+  counter('ddp_cluster_requests_total', 'HTTP requests and websocket upgrades the balancer handled.', ['kind'], (c, s) => {
+    c.inc({ kind: 'request' }, num(s.stats.requests));
+    c.inc({ kind: 'upgrade' }, num(s.stats.upgrades));
+  });
+  counter('ddp_cluster_routed_requests_total', 'Requests and upgrades the balancer routed, by transport (sockjs transport, info, raw-websocket, page...).', ['transport'], (c, s) => {
+    for (const [k, n] of counts(s.stats.byTransport)) c.inc({ transport: k }, n);
+  });
+  counter('ddp_cluster_routing_decisions_total', 'Routing decisions by action (serve, proxy, pin, reject) and reason.', ['action', 'reason'], (c, s) => {
+    for (const [k, n] of counts(s.stats.byReason)) {
+      const i = k.indexOf(':');
+      c.inc({ action: i === -1 ? k : k.slice(0, i), reason: i === -1 ? '' : k.slice(i + 1) }, n);
+    }
+  });
+  const scalar = (name: string, help: string, field: string): void =>
+    void counter(name, help, [], (c, s) => c.inc(num(s.stats[field])));
+  scalar('ddp_cluster_proxy_errors_total', 'Proxied requests and upgrades that failed.', 'proxyErrors');
+  scalar('ddp_cluster_proxy_retries_total', 'New sessions retried on another member after a failed connect.', 'retries');
+  scalar('ddp_cluster_untrusted_hops_total', 'Requests whose hop header did not verify (stripped).', 'untrustedHops');
+  counter('ddp_cluster_hops_total', 'Requests forwarded between instances: in = received with a verified hop header, out = forwarded to a peer.', ['direction'], (c, s) => {
+    c.inc({ direction: 'in' }, num(s.stats.hopsIn));
+    c.inc({ direction: 'out' }, num(s.stats.hopsOut));
+  });
+  gauge('ddp_cluster_session_table_entries', 'Polling sessions in this balancer\'s session table.', [], (g, s) => g.set(num(s.stats.sessionTable)));
+  gauge('ddp_cluster_open_proxied_sockets', 'Websockets this instance is proxying to peers now.', [], (g, s) => g.set(num(s.stats.openProxiedSockets)));
+  gauge('ddp_cluster_discovery_up', '1 if the last discovery poll succeeded, else 0.', [], (g, s) => g.set(s.view.discoveryOk ? 1 : 0));
+  gauge('ddp_cluster_view_stale', '1 if discovery has been unreachable longer than CLUSTER_VIEW_STALE_AFTER, else 0.', [], (g, s) => g.set(s.view.stale ? 1 : 0));
+
+  // Active health checks: only members with a result have samples.
+  const checks = (name: string, help: string, value: (r: CheckResult, now: number) => number | null): Gauge =>
+    gauge(name, help, ['member'], (g, s) => {
+      for (const [id, r] of Object.entries(healthResults(s.stats) ?? {})) {
+        const v = value(r, s.now);
+        if (v !== null) g.set({ member: id }, v);
+      }
+    });
+  checks('ddp_cluster_health_check_up', '1 if this instance\'s active health check of the member passes, else 0.', (r) => (r.up ? 1 : 0));
+  checks('ddp_cluster_health_check_rtt_seconds', 'Round-trip time of the last successful health check of the member.', (r) => (r.rttMs === null ? null : r.rttMs / 1000));
+  checks('ddp_cluster_health_check_age_seconds', 'Seconds since the last health-check result for the member.', (r, now) => Math.max(0, now - r.checkedAt) / 1000);
+
+  // Registered once the core reports it, so a build without it exposes no fake zero.
+  let rtt: Metric | null = null;
+  let lastRttMs: number | null = null;
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    async metrics() {
+      const s = snap();
+      if (typeof s.stats.discoveryRttMs === 'number') lastRttMs = s.stats.discoveryRttMs;
+      if (rtt === null && lastRttMs !== null) {
+        rtt = gauge('ddp_cluster_discovery_rtt_seconds', 'Round-trip time of the last successful discovery heartbeat and poll.', [], (g) => {
+          if (lastRttMs !== null) g.set(lastRttMs / 1000);
+        });
+      }
+      return registry.metrics();
+    },
+  };
+}

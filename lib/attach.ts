@@ -230,7 +230,9 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       return drainSessions({
         windowMs,
         noticeMs: config.heartbeatMs + config.healthIntervalMs,
-        sessions: options.sessions ?? (() => local.sockets()),
+        // Sessions served here, and the websockets proxied through here (their clients use this
+        // instance as their balancer and would otherwise all drop at once when it exits).
+        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...balancer.tunnels()],
         onBatch: (b) => logger.debug('drain.batch', { ...b }),
       }).then((report) => {
         logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });

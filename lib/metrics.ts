@@ -69,6 +69,8 @@ interface Snapshot {
 }
 
 const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+/** Milliseconds to seconds without float noise (0.0021, not 0.0021000000000000003). */
+const sec = (ms: number): number => Math.round(ms * 1000) / 1e6;
 const counts = (v: unknown): [string, number][] =>
   typeof v === 'object' && v !== null ? Object.entries(v as Record<string, unknown>).map(([k, n]) => [k, num(n)]) : [];
 
@@ -130,12 +132,12 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
   perMember('ddp_cluster_member_sessions', 'Live DDP sessions each member reported in its last heartbeat.', (m) => m.load.sessions);
   perMember('ddp_cluster_member_capacity', 'Sessions each member is sized for (CLUSTER_CAPACITY).', (m) => m.load.capacity);
   perMember('ddp_cluster_member_healthy', '1 if the member is healthy as this instance sees it (heartbeat and health checks), else 0.', (m) => (m.healthy ? 1 : 0));
-  perMember('ddp_cluster_member_heartbeat_age_seconds', 'Seconds since the member\'s heartbeat last advanced, by this instance\'s clock.', (m) => m.heartbeatAgeMs / 1000);
+  perMember('ddp_cluster_member_heartbeat_age_seconds', 'Seconds since the member\'s heartbeat last advanced, by this instance\'s clock.', (m) => sec(m.heartbeatAgeMs));
   perMember('ddp_cluster_member_event_loop_utilization', 'Event-loop utilization of the member over its last heartbeat interval (0..1).', (m) => m.load.elu);
-  perMember('ddp_cluster_member_event_loop_delay_seconds', 'Event-loop delay p99 of the member over its last heartbeat interval.', (m) => m.load.delayMs / 1000);
+  perMember('ddp_cluster_member_event_loop_delay_seconds', 'Event-loop delay p99 of the member over its last heartbeat interval.', (m) => sec(m.load.delayMs));
   perMember('ddp_cluster_member_cpu_cores', 'CPU used by the member over its last heartbeat interval, in cores.', (m) => m.load.cpu);
   perMember('ddp_cluster_member_rss_bytes', 'Resident set size of the member.', (m) => m.load.rss);
-  perMember('ddp_cluster_member_start_time_seconds', 'Start time of the member, Unix seconds.', (m) => m.startedAt / 1000);
+  perMember('ddp_cluster_member_start_time_seconds', 'Start time of the member, Unix seconds.', (m) => sec(m.startedAt));
 
   gauge('ddp_cluster_members', 'Members by state and health, as this instance sees them.', ['state', 'health'], (g, s) => {
     for (const state of MEMBER_STATES) for (const health of ['healthy', 'unhealthy']) g.set({ state, health }, 0);
@@ -178,8 +180,8 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       }
     });
   checks('ddp_cluster_health_check_up', '1 if this instance\'s active health check of the member passes, else 0.', (r) => (r.up ? 1 : 0));
-  checks('ddp_cluster_health_check_rtt_seconds', 'Round-trip time of the last successful health check of the member.', (r) => (r.rttMs === null ? null : r.rttMs / 1000));
-  checks('ddp_cluster_health_check_age_seconds', 'Seconds since the last health-check result for the member.', (r, now) => Math.max(0, now - r.checkedAt) / 1000);
+  checks('ddp_cluster_health_check_rtt_seconds', 'Round-trip time of the last successful health check of the member.', (r) => (r.rttMs === null ? null : sec(r.rttMs)));
+  checks('ddp_cluster_health_check_age_seconds', 'Seconds since the last health-check result for the member.', (r, now) => sec(Math.max(0, now - r.checkedAt)));
 
   // Registered once the core reports it, so a build without it exposes no fake zero.
   let rtt: Metric | null = null;
@@ -193,7 +195,7 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       if (typeof s.stats.discoveryRttMs === 'number') lastRttMs = s.stats.discoveryRttMs;
       if (rtt === null && lastRttMs !== null) {
         rtt = gauge('ddp_cluster_discovery_rtt_seconds', 'Round-trip time of the last successful discovery heartbeat and poll.', [], (g) => {
-          if (lastRttMs !== null) g.set(lastRttMs / 1000);
+          if (lastRttMs !== null) g.set(sec(lastRttMs));
         });
       }
       return registry.metrics();

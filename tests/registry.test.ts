@@ -8,7 +8,7 @@ import type { MembershipView } from '../lib/discovery/view';
 import { EMPTY_LOAD } from '../lib/load';
 import { createLogger, type LogSink } from '../lib/log';
 import { mongo, uniqueDbUrl } from './support/mongo';
-import { TcpRelay, singleHostOf } from './support/tcp-relay';
+import { outageControl } from './support/outage';
 import { waitForEvent } from './support/wait';
 
 const SECRET = 'registry-test-secret-0123456789';
@@ -152,28 +152,18 @@ describe('discovery registry (real Mongo-compatible server)', function () {
   });
 
   it('keeps the last-known view through a database outage and heals after it', async () => {
-    // Stop the real server when the harness owns it; otherwise (external CLUSTER_TEST_MONGO_URL)
-    // cut a loopback relay in front of it, which clients experience the same way.
-    const server = mongo();
-    let relay: TcpRelay | null = null;
-    let dbUrl = url;
-    if (!server.controllable) {
-      const target = singleHostOf(url);
-      assert.ok(target, 'the outage test needs a single-host mongodb:// URL or a harness-owned server');
-      relay = new TcpRelay(target.host, target.port);
-      await relay.open();
-      dbUrl = url.replace(`${target.host}:${target.port}`, `127.0.0.1:${relay.port}`) + (url.includes('?') ? '&' : '?') + 'directConnection=true';
-    }
-    const down = (): Promise<void> => (relay ? relay.cut() : server.stop());
-    const up = (): Promise<unknown> => (relay ? relay.open() : server.start());
+    const outage = await outageControl(mongo(), url);
+    const dbUrl = outage.url;
+    const down = (): Promise<void> => outage.down();
+    const up = (): Promise<void> => outage.up();
     const a = registry('a', 3001, { viewStaleMs: 2000, discoveryUrl: dbUrl });
     const b = registry('b', 3002, { viewStaleMs: 2000, discoveryUrl: dbUrl });
     try {
       await waitView(a, 'both', (v) => healthyIds(v).length === 2);
-      const outage = once(a, 'outage');
+      const outageSeen = once(a, 'outage');
       await down();
       try {
-        await outage;
+        await outageSeen;
         const stale = await waitView(a, 'view flagged stale', (v) => v.stale, 20_000);
         assert.deepEqual(healthyIds(stale), ['a', 'b'], 'last-known members stay healthy during the outage');
         assert.equal(stale.discoveryOk, false);
@@ -186,7 +176,7 @@ describe('discovery registry (real Mongo-compatible server)', function () {
       assert.equal(lines.filter((l) => l.includes('discovery.unreachable') && l.includes('"instance":"a"')).length, 1, 'one log line per outage');
       assert.ok(lines.some((l) => l.includes('discovery.recovered') && l.includes('"instance":"a"')));
     } finally {
-      await relay?.close();
+      await outage.close();
     }
   });
 });

@@ -397,6 +397,24 @@ describe('route', () => {
     }
   });
 
+  describe('pinned sessions whose member died', () => {
+    const cluster = (): MembershipView =>
+      view(me('a', { sessions: 10 }), peer('busy', { sessions: 99 }), dead('gone'), peer('idle', { sessions: 0 }));
+
+    it('answers 404 for an established session this balancer forwarded to the dead member', () => {
+      const v = cluster();
+      for (const t of POLLING) {
+        assert.deepEqual(decide(`/cluster-ddp/${hashOf('gone')}/web/1/s/${t}`, v, { sessionOwner: 'gone' }),
+          { action: 'reject', status: 404, reason: 'pinned endpoint is down' }, t);
+      }
+    });
+
+    it('follows a session this balancer already moved to a survivor', () => {
+      const v = cluster();
+      assert.equal(where(decide(`/cluster-ddp/${hashOf('gone')}/web/1/s/xhr_send`, v, { sessionOwner: 'busy' })), 'proxy:busy');
+    });
+  });
+
   describe('unpinned sessions', () => {
     const ids = Array.from({ length: 300 }, (_, i) => `sess${i}x${(i * 7919).toString(36)}`);
 

@@ -79,6 +79,8 @@ export class Balancer {
     byTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
   };
   #pendingProxies = 0;
+  /** The session-table owner as it was when a request arrived, for its retries. */
+  readonly #ownerAtStart = new WeakMap<IncomingMessage, string | null>();
   readonly #origins: ReadonlySet<string>;
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
 
@@ -106,6 +108,7 @@ export class Balancer {
   /** Handles a DDP or page request; returns false to let the caller deal with other kinds. */
   request(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.requests++;
+    this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
     const hop = this.#hop(req);
     if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
       this.#stats.forbiddenOrigins++;
@@ -118,6 +121,7 @@ export class Balancer {
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.upgrades++;
+    this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
     const hop = this.#hop(req);
     if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
       this.#stats.forbiddenOrigins++;
@@ -158,6 +162,11 @@ export class Balancer {
     this.#replay.prune(Date.now());
     const view = this.#d.view();
     this.#pending.prune(new Set(view.byId.keys()));
+  }
+
+  /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */
+  tunnels(): { close(): void }[] {
+    return this.#forwarder.tunnels();
   }
 
   close(): void {
@@ -208,8 +217,6 @@ export class Balancer {
 
   #route(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
     const view = this.#d.view();
-    const now = Date.now();
-    const sessionId = facts.kind === 'transport' ? facts.sessionId : null;
     return route({
       facts,
       view,
@@ -222,7 +229,7 @@ export class Balancer {
           const m = view.byId.get(id);
           return m ? this.#pending.count(m) : 0;
         },
-        sessionOwner: sessionId === null ? null : this.#sessions.get(sessionId, now),
+        sessionOwner: this.#ownerAtStart.get(req) ?? null,
         excluded,
         cookieHash: facts.kind === 'page' ? uiCookie(req) : null,
         random: this.#d.random,
@@ -241,8 +248,9 @@ export class Balancer {
   #remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
     const target = member ?? this.#d.view().self;
     if (target === null) return;
-    // Pinned sessions carry their member in the URL; remember the others (and pins that moved).
-    if (facts.kind === 'transport' && d.reason !== 'pinned endpoint') this.#sessions.set(facts.sessionId, target.id, Date.now());
+    // Every session this balancer forwards, pinned ones included: if a pinned member dies, this
+    // tells an established session (lost: 404) from a first poll (moved to a survivor).
+    if (facts.kind === 'transport') this.#sessions.set(facts.sessionId, target.id, Date.now());
     if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#pending.add(target, Date.now());
   }
 

@@ -124,6 +124,11 @@ export class Forwarder {
     return this.#upgrades.size;
   }
 
+  /** The open proxied websockets, each closable (a drain closes them, paced, with the rest). */
+  tunnels(): { close(): void }[] {
+    return [...this.#upgrades].map((s) => ({ close: () => s.destroy() }));
+  }
+
   close(): void {
     for (const s of this.#upgrades) s.destroy();
     this.#httpAgent.destroy();

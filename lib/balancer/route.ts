@@ -101,10 +101,17 @@ function routePinned(input: RouteInput, service: string, hash: string, opens: bo
     return toTarget(input, service, member, 'pinned endpoint', false);
   }
   if (opens) return toTarget(input, service, pickNew(input, service), 'pinned endpoint gone, fresh pick', true);
-  // The pinned member is gone (or just refused a connect). Its session is lost, but the client
-  // may not have opened it yet (info pinned it a moment ago): continue as an unpinned session, so
-  // every balancer maps it to the same survivor and sockjs there opens it.
-  if (sessionId !== null) return routeSession(input, service, sessionId, false);
+  if (sessionId !== null) {
+    const owner = input.state.sessionOwner;
+    // Never seen here: most likely the first poll of a session that info pinned a moment before
+    // its member died. Continue it as an unpinned session, so every balancer maps it to the same
+    // survivor, where sockjs opens it. The client loses nothing.
+    if (owner === null) return routeSession(input, service, sessionId, false);
+    // Already moved by this balancer: follow it.
+    if (owner !== member?.id) return routeSession(input, service, sessionId, false);
+  }
+  // An established session whose member is gone: its state is lost, so say so (the client
+  // reconnects) rather than let another sockjs silently open a fresh session under it.
   return reject(404, member ? 'pinned endpoint is down' : 'no such endpoint');
 }
 

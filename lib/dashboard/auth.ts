@@ -144,8 +144,11 @@ export function basicPassword(req: IncomingMessage): string | null {
  */
 export function sameOrigin(req: IncomingMessage): boolean {
   const origin = req.headers.origin;
+  const site = req.headers['sec-fetch-site'];
+  // "null" is what a browser sends under a no-referrer policy, or from a sandboxed or opaque
+  // context: only the browser-set Sec-Fetch-Site can vouch for it then.
+  if (origin === 'null') return site === 'same-origin';
   if (origin !== undefined) {
-    if (origin === 'null') return false;
     let host: string;
     try {
       host = new URL(origin).host;
@@ -156,7 +159,6 @@ export function sameOrigin(req: IncomingMessage): boolean {
     const candidates = [req.headers.host, ...(Array.isArray(fwd) ? fwd : fwd === undefined ? [] : [fwd.split(',')[0]?.trim()])];
     return candidates.some((h) => h !== undefined && h.toLowerCase() === host.toLowerCase());
   }
-  const site = req.headers['sec-fetch-site'];
   return site === undefined || site === 'same-origin' || site === 'none';
 }
 

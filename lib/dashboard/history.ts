@@ -75,17 +75,9 @@ export class EventLog {
   }
 }
 
-/** Translates a member's before/after into events (state and health changes). */
-export function changeEvents(before: Member, after: Member, why: string): { kind: EventKind; detail: string }[] {
+/** Events for a member's state and endpoint changes (health is tracked by the dashboard itself). */
+export function stateEvents(before: Member, after: Member): { kind: EventKind; detail: string }[] {
   const out: { kind: EventKind; detail: string }[] = [];
-  if (before.healthy && !after.healthy) {
-    out.push({ kind: 'down', detail: why });
-    if (before.load.sessions > 0) {
-      out.push({ kind: 'failover', detail: `${before.load.sessions} session${before.load.sessions === 1 ? '' : 's'} of ${after.id} move to the survivors` });
-    }
-  } else if (!before.healthy && after.healthy) {
-    out.push({ kind: 'up', detail: why });
-  }
   if (before.state !== after.state) {
     const kind: EventKind = after.state === 'draining' ? 'drain' : after.state === 'serving' ? 'serving' : 'change';
     out.push({ kind, detail: `state ${before.state} → ${after.state}` });

@@ -58,7 +58,7 @@ form.login input{width:100%;font:inherit;padding:7px 9px;border:1px solid #8c959
 
 function shell(title: string, nonce: string, body: string, base: string): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<meta name="referrer" content="no-referrer"><title>${esc(title)}</title><style nonce="${nonce}">${CSS}</style></head>
+<meta name="referrer" content="same-origin"><title>${esc(title)}</title><style nonce="${nonce}">${CSS}</style></head>
 <body data-base="${esc(base)}">${body}</body></html>`;
 }
 

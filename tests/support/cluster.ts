@@ -95,6 +95,9 @@ export interface ChildInstance {
   readonly id: string;
   readonly url: string;
   readonly proc: ChildProcess;
+  /** Log lines (JSON) the instance printed on stdout, with the time they arrived. */
+  readonly logs: { at: number; line: string }[];
+  readonly exited: Promise<void>;
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
@@ -102,19 +105,26 @@ export interface ChildInstance {
 export async function spawnInstance(id: string, env: Record<string, string>): Promise<ChildInstance> {
   const proc = spawn(process.execPath, ['--import', 'tsx', 'tests/support/instance-main.ts'], {
     env: { ...process.env, CLUSTER_INSTANCE_ID: id, CLUSTER_SECRET: TEST_SECRET, CLUSTER_SERVICE: 'web', CLUSTER_LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
+  const logs: { at: number; line: string }[] = [];
+  // Warnings and errors go to stderr: keep them with the rest, out of the test report.
+  createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (line) => {
+    if (logs.length < 10_000) logs.push({ at: Date.now(), line });
+  });
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const ready = new Promise<string>((resolve, reject) => {
     lines.on('line', (line) => {
       const m = /^listening (\S+)$/.exec(line);
       if (m?.[1]) resolve(m[1]);
+      else if (logs.length < 10_000) logs.push({ at: Date.now(), line });
     });
-    proc.once('exit', (code) => reject(new Error(`instance ${id} exited with ${code} before listening`)));
+    proc.once('exit', (code) => reject(new Error(`instance ${id} exited with ${code} before listening: ${logs.slice(-5).map((l) => l.line).join('\n')}`)));
   });
   const url = await ready;
   return {
-    id, url, proc,
+    id, url, proc, logs, exited,
     async kill(signal = 'SIGKILL') {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       const exited = once(proc, 'exit');

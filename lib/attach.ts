@@ -99,12 +99,25 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
 
   const requestListeners = server.listeners('request') as RequestListener[];
   const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];
+  // The app's own listeners: an exception they throw must not become an uncaught one.
+  const appThrew = (err: unknown, req: IncomingMessage): void =>
+    logger.once('error', `app:${err instanceof Error ? err.message : String(err)}`, 'app.listener_threw', { error: err, url: req.url?.slice(0, 200) });
   const serveRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    for (const l of requestListeners) l.call(server, req, res);
+    try {
+      for (const l of requestListeners) l.call(server, req, res);
+    } catch (err) {
+      appThrew(err, req);
+      reply(res, 500, 'app error');
+    }
   };
   const serveUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
     local.websocket(socket);
-    for (const l of upgradeListeners) l.call(server, req, socket, head);
+    try {
+      for (const l of upgradeListeners) l.call(server, req, socket, head);
+    } catch (err) {
+      appThrew(err, req);
+      rejectUpgrade(socket, 500, 'app error');
+    }
   };
 
   const checker = new HealthChecker({
@@ -172,8 +185,14 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         case 'dashboard':
         case 'health':
           return serveUpgrade(req, socket, head);
-        default:
+        case 'raw-websocket':
           return balancer.upgrade(req, socket, head, facts);
+        case 'transport':
+          if (facts.transport === 'websocket') return balancer.upgrade(req, socket, head, facts);
+          return rejectUpgrade(socket, 400, 'not a websocket endpoint');
+        default:
+          // sockjs info, greeting, iframe: plain HTTP resources, never upgraded.
+          return rejectUpgrade(socket, 400, 'not a websocket endpoint');
       }
     } catch (err) {
       logger.error('balancer.upgrade_failed', { error: err, url: req.url?.slice(0, 200) });

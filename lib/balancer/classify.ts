@@ -69,6 +69,9 @@ export function classify(rawUrl: string, opts: ClassifyOptions): RequestFacts {
   const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
   const query = q === -1 ? '' : rawUrl.slice(q);
   if (!path.startsWith('/')) return { kind: 'page' };
+  // '//x' and '/\\x' parse as protocol-relative URLs; an invalid host there makes the WHATWG URL
+  // parser throw, and Meteor's own listener parses every request URL that way: refuse it here.
+  if ((path[1] === '/' || path[1] === '\\') && !parses(rawUrl)) return malformed(400, 'invalid URL');
 
   const prefix = opts.pathPrefix;
   if (prefix !== '' && path !== prefix && !path.startsWith(prefix + '/')) return { kind: 'page' };
@@ -101,6 +104,15 @@ export function classify(rawUrl: string, opts: ClassifyOptions): RequestFacts {
     }
   }
   return { kind: 'page' };
+}
+
+function parses(url: string): boolean {
+  try {
+    new URL(url, 'http://localhost');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function pinned(rest: string, query: string, prefix: string): RequestFacts {

@@ -12,7 +12,7 @@ import type { MembershipView } from './discovery/view';
 import { LoadSampler } from './load';
 import { createLogger, type Logger } from './log';
 import { keysFrom } from './sign';
-import { Balancer, rejectUpgrade, reply, type BalancerStats } from './balancer/balancer';
+import { Balancer, rejectUpgrade, reply, type BalancerStats, type RequestLike } from './balancer/balancer';
 import { createDashboard } from './dashboard';
 import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
 import { viewFromMembers } from './discovery/view';
@@ -63,7 +63,7 @@ export interface ClusterHandle {
    * For rewriting a page's DDP_DEFAULT_CONNECTION_URL: the balancer URL of the member a new
    * client should use, or null to keep the default.
    */
-  pickDdpUrl(req: IncomingMessage, service?: string | null): string | null;
+  pickDdpUrl(req: RequestLike, service?: string | null): string | null;
   on<E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void): void;
   off<E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void): void;
   /** Deregisters, stops timers and puts the original listeners back. */

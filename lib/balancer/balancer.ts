@@ -17,6 +17,9 @@ import { Forwarder, isConnectError, type ProxyAttempt } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
 
+/** What routing reads of a request: its headers (webapp's categorized requests have them too). */
+export type RequestLike = Pick<IncomingMessage, 'headers'>;
+
 export interface BalancerStats {
   requests: number;
   upgrades: number;
@@ -80,7 +83,7 @@ export class Balancer {
   };
   #pendingProxies = 0;
   /** The session-table owner as it was when a request arrived, for its retries. */
-  readonly #ownerAtStart = new WeakMap<IncomingMessage, string | null>();
+  readonly #ownerAtStart = new WeakMap<RequestLike, string | null>();
   readonly #origins: ReadonlySet<string>;
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
 
@@ -137,7 +140,7 @@ export class Balancer {
    * to, counted as a new session there; null when the chosen member has no balancer URL (the
    * client then keeps its default URL and sockjs info pinning does the rest).
    */
-  pickDdpUrl(req: IncomingMessage, service: string | null = null): string | null {
+  pickDdpUrl(req: RequestLike, service: string | null = null): string | null {
     const facts: DdpFacts = { kind: 'info', service, pinned: null, localUrl: '' };
     const d = this.#route(req, facts, { kind: 'none' }, new Set());
     if (d.action !== 'pin' || d.member.balancer === null) return null;
@@ -215,7 +218,7 @@ export class Balancer {
     return check;
   }
 
-  #route(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
+  #route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
     const view = this.#d.view();
     return route({
       facts,
@@ -399,7 +402,7 @@ function errCode(err: Error): string {
 
 export const UI_COOKIE = 'ddp-cluster-ui';
 
-function uiCookie(req: IncomingMessage): string | null {
+function uiCookie(req: RequestLike): string | null {
   const header = req.headers.cookie;
   // Cheap scan first: most page requests carry no affinity cookie at all.
   if (typeof header !== 'string' || !header.includes(UI_COOKIE)) return null;

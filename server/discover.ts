@@ -1,0 +1,51 @@
+import { rendezvous } from '../lib/index';
+import type { ClusterHandle, Member, MembershipView } from '../lib/index';
+import type { DdpConnection } from './meteor-env';
+
+/** Failed attempts on one member (Meteor retries at once twice, then backs off) before trying another. */
+const STUCK_AFTER_RETRIES = 2;
+
+const usable = (m: Member): boolean => m.healthy && m.state === 'serving';
+
+/**
+ * Keeps a server-side DDP connection on a healthy serving member of a service: it moves (with
+ * Meteor's own `reconnect({ url })`, which re-sends pending methods and subscriptions) when its
+ * member leaves, goes unhealthy or drains, or when the member can't be reached while another can.
+ * Members are chosen by rendezvous on a per-connection key, so many instances spread evenly and a
+ * member leaving only moves its own connections. Connects through the member's pinned path, so its
+ * balancer serves the connection itself instead of passing it on.
+ */
+export class ServiceConnection {
+  #member: Member | null = null;
+  #retriesAtMove = 0;
+
+  constructor(
+    readonly connection: DdpConnection,
+    private readonly service: string,
+    private readonly index: number,
+  ) {}
+
+  bind(handle: ClusterHandle): void {
+    const { pathPrefix, instanceId } = handle.config;
+    const key = `${instanceId}/${this.service}/${this.index}`;
+    const check = (view: MembershipView): void => this.#check(view, key, pathPrefix);
+    handle.on('view', check);
+    check(handle.view());
+  }
+
+  #check(view: MembershipView, key: string, prefix: string): void {
+    const status = this.connection.status();
+    // Closed for good, or disconnected by the app after we connected it: not ours to undo.
+    if (status.status === 'failed' || (this.#member !== null && status.status === 'offline')) return;
+    if (status.connected) this.#retriesAtMove = 0;
+    const current = this.#member === null ? undefined : view.byId.get(this.#member.id);
+    const stuck = !status.connected && status.retryCount - this.#retriesAtMove >= STUCK_AFTER_RETRIES;
+    if (current !== undefined && usable(current) && !stuck) return;
+    const candidates = (view.byService.get(this.service) ?? []).filter((m) => usable(m) && m.id !== this.#member?.id);
+    const next = rendezvous(key, candidates);
+    if (next === null) return; // nobody else: Meteor keeps retrying where it is
+    this.#member = next;
+    this.#retriesAtMove = status.retryCount;
+    this.connection.reconnect({ url: `${new URL(next.endpoint).origin}${prefix}/cluster-ddp/${next.endpointHash}/${next.service}` });
+  }
+}

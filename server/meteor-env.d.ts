@@ -1,0 +1,67 @@
+/**
+ * The parts of Meteor 3 the server glue uses, as found at runtime on the global `Package`
+ * (read in server/meteor.ts). Shapes are from meteor/meteor:
+ *   packages/webapp/webapp_server.js           WebApp.httpServer, addRuntimeConfigHook, en/decodeRuntimeConfig
+ *   packages/meteor/startup_server.js          Meteor.startup (queued until boot runs the hooks)
+ *   packages/ddp-server/server_convenience.js  Meteor.server = new Server (livedata_server.js: sessions Map)
+ *   packages/ddp-client, socket-stream-client/common.js   DDP.connect, status(), reconnect({ url })
+ */
+import type { IncomingHttpHeaders, Server } from 'node:http';
+
+/** A decoded `__meteor_runtime_config__`. */
+export type RuntimeConfig = Record<string, unknown>;
+
+/**
+ * The hook's argument. `request` is `WebApp.categorizeRequest(req)` (headers, path, arch, ...),
+ * not the IncomingMessage itself; only `headers` is relied on here.
+ */
+export interface RuntimeConfigHookArgs {
+  readonly arch: string;
+  readonly request: { readonly headers: IncomingHttpHeaders };
+  readonly encodedCurrentConfig: string;
+  readonly updated: boolean;
+}
+
+/** Returns a re-encoded config, or a falsy value to leave it as it is. */
+export type RuntimeConfigHook = (args: RuntimeConfigHookArgs) => string | undefined | Promise<string | undefined>;
+
+export interface WebAppServer {
+  readonly httpServer: Server;
+  addRuntimeConfigHook(hook: RuntimeConfigHook): { stop(): void };
+  encodeRuntimeConfig(config: RuntimeConfig): string;
+  decodeRuntimeConfig(encoded: string): RuntimeConfig;
+}
+
+export interface MeteorServer {
+  startup(callback: () => void | Promise<void>): void;
+  /** DDP sessions by id; a Session has close() (livedata_server.js). */
+  readonly server: { readonly sessions: ReadonlyMap<string, { close(): void }> };
+}
+
+/** `connection.status()`: socket-stream-client's currentStatus. */
+export interface DdpStatus {
+  readonly status: 'connected' | 'connecting' | 'failed' | 'waiting' | 'offline';
+  readonly connected: boolean;
+  readonly retryCount: number;
+}
+
+/** A Meteor DDP connection (livedata_connection.js); the glue only moves it between members. */
+export interface DdpConnection {
+  status(): DdpStatus;
+  reconnect(options?: { readonly url?: string }): void;
+  disconnect(): void;
+  callAsync(name: string, ...args: unknown[]): Promise<unknown>;
+}
+
+export type DdpConnectOptions = Readonly<Record<string, unknown>>;
+
+export interface DdpStatic {
+  connect(url: string, options?: DdpConnectOptions): DdpConnection;
+}
+
+/** `Package` as the glue reads it (packages it `api.use`s). */
+export interface ServerPackages {
+  readonly meteor: { readonly Meteor: MeteorServer };
+  readonly webapp: { readonly WebApp: WebAppServer };
+  readonly 'ddp-client': { readonly DDP: DdpStatic };
+}

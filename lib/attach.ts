@@ -217,6 +217,10 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   }, MAINTAIN_EVERY_MS);
   timer.unref();
 
+  // `ddp-cluster drain <id>`: drain like on SIGTERM, but stay up (draining) for the operator to stop.
+  registry.on('drainRequested', () => {
+    if (registry.state !== 'draining') void handle?.drain().catch((err: unknown) => logger.error('drain.failed', { error: err }));
+  });
   registry.start();
   checker.start();
   logger.info('cluster.attached', { config: redactedConfig(config) });

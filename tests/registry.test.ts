@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import { MongoClient } from 'mongodb';
 import { parseConfig, type ClusterOptions } from '../lib/config';
 import { Registry } from '../lib/discovery/registry';
+import { DRAIN_FIELD, makeDrainRequest } from '../lib/commands';
 import type { MembershipView } from '../lib/discovery/view';
 import { EMPTY_LOAD } from '../lib/load';
 import { createLogger, type LogSink } from '../lib/log';
@@ -177,6 +178,36 @@ describe('discovery registry (real Mongo-compatible server)', function () {
       assert.ok(lines.some((l) => l.includes('discovery.recovered') && l.includes('"instance":"a"')));
     } finally {
       await outage.close();
+    }
+  });
+
+  it('acts once on a signed drain request addressed to it, and ignores forged ones', async () => {
+    const a = registry('a', 3001);
+    await a.ready();
+    const requests: string[] = [];
+    a.on('drainRequested', (r) => requests.push(r.requestedBy));
+    const client = await MongoClient.connect(url);
+    try {
+      const col = client.db().collection<Record<string, unknown>>('clusterEndpoints');
+      const write = (value: unknown): Promise<unknown> => col.updateOne({ _id: 'a' as never }, { $set: { [DRAIN_FIELD]: value } });
+      const twoPolls = (): Promise<void> => new Promise<void>((resolve) => a.once('view', () => a.once('view', () => resolve())));
+      await write(makeDrainRequest('not-the-cluster-secret-000', 'a', { requestedBy: 'forger' }));
+      await twoPolls();
+      await write(makeDrainRequest(SECRET, 'someone-else', { requestedBy: 'misaddressed' }));
+      await twoPolls();
+      assert.deepEqual(requests, []);
+      assert.ok(lines.some((l) => l.includes('command.ignored') && l.includes('bad signature')));
+      assert.ok(lines.some((l) => l.includes('command.ignored') && l.includes('another instance')));
+      const good = makeDrainRequest(SECRET, 'a', { requestedBy: 'ops@host' });
+      await write(good);
+      await waitForEvent(a, 'drainRequested', () => requests.length > 0 || undefined, 'drain request', 10_000);
+      await write(good); // the same request again: a replay
+      await twoPolls();
+      assert.deepEqual(requests, ['ops@host']);
+      const doc = await col.findOne({ _id: 'a' as never });
+      assert.equal(doc?.[DRAIN_FIELD], undefined, 'the request is removed once read');
+    } finally {
+      await client.close();
     }
   });
 });

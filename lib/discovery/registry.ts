@@ -8,6 +8,7 @@ import type { Logger } from '../log';
 import { endpointHash, keysFrom, type Keys } from '../sign';
 import { PACKAGE_VERSION } from '../version';
 import { checkEntry, signEntry, type EntryDoc, type MemberState } from './entry';
+import { DRAIN_FIELD, checkDrainRequest, type DrainRequest } from '../commands';
 import { buildView, diffViews, type DuplicateEndpoint, type Member, type MembershipView, type Observed } from './view';
 
 export interface RegistryOptions {
@@ -26,6 +27,8 @@ export interface RegistryEvents {
   duplicate: [DuplicateEndpoint];
   outage: [Error];
   recovered: [];
+  /** A signed drain request for this instance (`ddp-cluster drain <id>`) was found in the registry. */
+  drainRequested: [DrainRequest];
 }
 
 /** Bound on peers read per poll: a cluster is tens of instances, never thousands. */
@@ -51,6 +54,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   readonly #mongoOptions: MongoClientOptions;
   readonly #startedAt = new Date();
   readonly #observations = new Map<string, Observation>();
+  readonly #commandNonces = new Set<string>();
   readonly #registered: boolean;
   #client: MongoClient | null = null;
   #collection: Collection<EntryDoc> | null = null;
@@ -177,16 +181,41 @@ export class Registry extends EventEmitter<RegistryEvents> {
     }
     const docs = await collection
       .find({}, { projection: { _id: 1, service: 1, endpoint: 1, balancer: 1, state: 1, appVersion: 1, pkgVersion: 1,
-        host: 1, pid: 1, startedAt: 1, heartbeatAt: 1, heartbeatMs: 1, seq: 1, load: 1, sig: 1 } })
+        host: 1, pid: 1, startedAt: 1, heartbeatAt: 1, heartbeatMs: 1, seq: 1, servingMs: 1, load: 1, sig: 1, [DRAIN_FIELD]: 1 } })
       .sort({ _id: 1 })
       .limit(MAX_MEMBERS)
       .toArray();
     const now = performance.now();
     this.#rttMs = Math.round((now - began) * 10) / 10;
+    await this.#commands(collection, docs);
     this.#lastOkAt = now;
     this.#everOk = true;
     this.#apply(now, this.#observe(now, docs));
     if (++this.#ticks % CLEANUP_EVERY_TICKS === 1) await this.#cleanup(collection);
+  }
+
+  /** Acts on a signed drain request addressed to this instance, once; removes it either way. */
+  async #commands(collection: Collection<EntryDoc>, docs: readonly unknown[]): Promise<void> {
+    if (!this.#registered) return;
+    const mine = docs.find((d) => (d as { _id?: unknown })._id === this.#config.instanceId) as Record<string, unknown> | undefined;
+    const raw = mine?.[DRAIN_FIELD];
+    if (raw === undefined) return;
+    await collection.updateOne({ _id: this.#config.instanceId }, { $unset: { [DRAIN_FIELD]: '' } });
+    if (this.#keys === null) {
+      this.#log.once('warn', 'drain:nokeys', 'command.ignored', { reason: 'no CLUSTER_SECRET to verify the drain request with' });
+      return;
+    }
+    const check = checkDrainRequest(raw, this.#keys, {
+      instanceId: this.#config.instanceId, startedAt: this.#startedAt.getTime(), now: Date.now(),
+      seen: (nonce) => this.#commandNonces.has(nonce),
+    });
+    if (!check.ok) {
+      this.#log.warn('command.ignored', { command: 'drain', reason: check.reason });
+      return;
+    }
+    this.#commandNonces.add(check.request.nonce);
+    this.#log.info('command.drain', { requestedBy: check.request.requestedBy, requestedAt: check.request.requestedAt });
+    this.emit('drainRequested', check.request);
   }
 
   async #connect(): Promise<Collection<EntryDoc>> {

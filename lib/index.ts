@@ -12,4 +12,6 @@ export { endpointHash } from './sign';
 export { rendezvous } from './balancer/rendezvous';
 export { drainOnSignals, type Drainable, type ShutdownSignal } from './signals';
 export { drainSessions, type DrainReport, type Closable } from './drain';
+export { makeDrainRequest, checkDrainRequest, DRAIN_FIELD, type DrainRequest } from './commands';
+export type { HealthStatus } from './balancer/health';
 export { PACKAGE_VERSION } from './version';

@@ -47,6 +47,7 @@ export const METRIC_NAMES = [
   'ddp_cluster_members',
   'ddp_cluster_requests_total',
   'ddp_cluster_routed_requests_total',
+  'ddp_cluster_proxied_total',
   'ddp_cluster_routing_decisions_total',
   'ddp_cluster_proxy_errors_total',
   'ddp_cluster_proxy_retries_total',
@@ -150,6 +151,9 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
   });
   counter('ddp_cluster_routed_requests_total', 'Requests and upgrades the balancer routed, by transport (sockjs transport, info, raw-websocket, page...).', ['transport'], (c, s) => {
     for (const [k, n] of counts(s.stats.byTransport)) c.inc({ transport: k }, n);
+  });
+  counter('ddp_cluster_proxied_total', 'Requests and upgrades forwarded to a peer, by transport.', ['transport'], (c, s) => {
+    for (const [k, n] of counts(s.stats.proxiedByTransport)) c.inc({ transport: k }, n);
   });
   counter('ddp_cluster_routing_decisions_total', 'Routing decisions by action (serve, proxy, pin, reject) and reason.', ['action', 'reason'], (c, s) => {
     for (const [k, n] of counts(s.stats.byReason)) {

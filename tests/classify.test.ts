@@ -342,6 +342,12 @@ describe('classify', () => {
     });
   });
 
+  it('refuses URLs the WHATWG parser rejects (a protocol-relative path with a bad host) with 400', () => {
+    assertMalformed('//kBy^f8i%5opZ/u', 400);
+    assertMalformed('/\\}>)f+Rnb5', 400);
+    assertPage('//example.com/ok');
+  });
+
   describe('property: random paths', () => {
     const SERVER_ID = /^[^/.\x00-\x20\x7f]{1,64}$/;
     const SESSION_ID = /^[^/.\x00-\x20\x7f]{1,128}$/;
@@ -407,7 +413,9 @@ describe('classify', () => {
       const path = q === -1 ? url : url.slice(0, q);
       const query = q === -1 ? '' : url.slice(q);
       const prefix = opts.pathPrefix;
-      if (url.length <= MAX_URL_LENGTH && prefix !== '' && path !== prefix && !path.startsWith(prefix + '/')) {
+      const unparseable = f.kind === 'malformed' && f.reason === 'invalid URL';
+      if (unparseable) assert.ok(/^\/[/\\]/.test(path), `only protocol-relative-looking URLs are refused as unparseable: ${why}`);
+      if (url.length <= MAX_URL_LENGTH && prefix !== '' && path !== prefix && !path.startsWith(prefix + '/') && !unparseable) {
         assert.equal(f.kind, 'page', `outside the prefix: ${why}`);
       }
 

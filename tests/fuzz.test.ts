@@ -138,7 +138,7 @@ describe('fuzz: hostile requests against a balancer', function () {
       lines.push(`Host: ${pick(['localhost', `127.0.0.1:${sentinelPort}`, junk(10), 'evil.example'])}`);
       if (rnd() < 0.3) lines.push(`X-Forwarded-Host: 127.0.0.1:${sentinelPort}`);
       if (rnd() < 0.4) lines.push(`${HOP_HEADER}: ${hopValues()}`);
-      if (rnd() < 0.2) lines.push(`Cookie: ddp-cluster-ui=${pick([sentinelHash, junk(12), ...hashes])}; ddp-cluster-dash=${junk(30)}`);
+      if (rnd() < 0.2) lines.push(`Cookie: ddp-cluster-ui=${pick([sentinelHash, junk(12), ...hashes])}; ddp_cluster_dashboard=v1.${Date.now() + 1e6}.${junk(12)}.${junk(43)}`);
       if (rnd() < 0.2) lines.push(`Authorization: Basic ${Buffer.from(`admin:${junk(12)}`).toString('base64')}`);
       if (rnd() < 0.3) lines.push('Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Version: 13', `Sec-WebSocket-Key: ${pick(['dGhlIHNhbXBsZSBub25jZQ==', junk(10), ''])}`);
       if (rnd() < 0.1) lines.push(`Origin: ${pick(['https://evil.example', 'null', junk(8)])}`);

@@ -40,6 +40,8 @@ export interface BalancerStats {
   overloaded: number;
   pendingProxies: number;
   byTransport: Record<string, number>;
+  /** Requests and upgrades forwarded to a peer, by transport. */
+  proxiedByTransport: Record<string, number>;
   byReason: Record<string, number>;
   sessionTable: number;
   openProxiedSockets: number;
@@ -79,7 +81,7 @@ export class Balancer {
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
     retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
-    byTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
+    byTransport: {}, proxiedByTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
   };
   #pendingProxies = 0;
   /** The session-table owner as it was when a request arrived, for its retries. */
@@ -152,6 +154,7 @@ export class Balancer {
     return {
       ...this.#stats,
       byTransport: { ...this.#stats.byTransport },
+      proxiedByTransport: { ...this.#stats.proxiedByTransport },
       byReason: { ...this.#stats.byReason },
       pendingProxies: this.#pendingProxies,
       sessionTable: this.#sessions.size,
@@ -248,6 +251,14 @@ export class Balancer {
     s.byReason[reason] = (s.byReason[reason] ?? 0) + 1;
   }
 
+  #countProxied(facts: DdpFacts | { kind: 'page' }): void {
+    const s = this.#stats;
+    s.proxied++;
+    s.hopsOut++;
+    const key = facts.kind === 'transport' ? facts.transport : facts.kind;
+    s.proxiedByTransport[key] = (s.proxiedByTransport[key] ?? 0) + 1;
+  }
+
   #remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
     const target = member ?? this.#d.view().self;
     if (target === null) return;
@@ -275,8 +286,7 @@ export class Balancer {
         this.#remember(facts, d, null);
         return this.#serveWeb(req, res, facts, hop);
       case 'proxy': {
-        this.#stats.proxied++;
-        this.#stats.hopsOut++;
+        this.#countProxied(facts);
         this.#remember(facts, d, d.member);
         if (d.setCookie) setUiCookie(res, d.member.endpointHash);
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
@@ -321,8 +331,7 @@ export class Balancer {
         if (hop.kind === 'trusted') applyClientView(req, hop.client);
         return this.#d.serveUpgrade(req, socket, head);
       case 'proxy': {
-        this.#stats.proxied++;
-        this.#stats.hopsOut++;
+        this.#countProxied(facts);
         this.#remember(facts, d, d.member);
         if ('localUrl' in facts) req.url = facts.localUrl;
         const release = this.#admit();

@@ -176,7 +176,8 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
   const sample = (): void => {
     const now = Date.now();
     const view = deps.view();
-    history.record(now, view.members);
+    // Healthy members only: a dead member's last report is stale, its line should end.
+    history.record(now, view.members.filter((m) => m.healthy));
     for (const m of view.members) if (m.healthy) lastSessions.set(m.id, m.load.sessions);
     for (const id of lastSessions.keys()) if (!view.byId.has(id)) lastSessions.delete(id);
     const h = healthResults(deps.stats()) ?? {};

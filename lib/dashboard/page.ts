@@ -30,7 +30,9 @@ caption{text-align:left;padding:8px 10px;color:#57606a}
 th,td{padding:6px 10px;border-top:1px solid #eaeef2;text-align:left;white-space:nowrap;vertical-align:top}
 thead th{background:#f6f8fa;font-weight:600;border-top:0}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.down td{background:#fff0f0}
+tr.down td,tr.down th{background:#fff0f0}
+tr.down td.n{color:#6e7781}
+th .small{font-weight:400}
 .small{color:#57606a;font-size:12px}
 .tag{display:inline-block;padding:0 7px;border-radius:10px;font-size:12px;font-weight:600;border:1px solid transparent}
 .ok{background:#dafbe1;color:#116329}.bad{background:#ffebe9;color:#a40e26;border-color:#ff8182}
@@ -133,25 +135,36 @@ function render(d){
 }
 function chart(d){
  var box=$('chart');box.textContent='';
- var W=720,H=240,L=40,R=10,T=10,B=24,now=d.now,span=WINDOW*1000,max=1;
+ var W=720,H=240,L=40,R=14,T=10,B=24,now=d.now,max=4;
  var ids={};samples.forEach(function(s){for(var id in s.s){ids[id]=1;if(s.s[id]>max)max=s.s[id]}});
  d.members.forEach(function(m){ids[m.id]=1});
- var step=Math.pow(10,Math.floor(Math.log10(max)));var top=Math.ceil(max/step)*step;if(top<5)top=5;
+ // The time axis grows with the history kept: 1 to 10 minutes.
+ var mins=samples.length?Math.min(WINDOW/60,Math.max(1,Math.ceil((now-samples[0].t)/60000))):1,span=mins*60000;
+ var raw=max/4,mag=Math.pow(10,Math.floor(Math.log10(raw))),step=[1,2,5,10].map(function(k){return k*mag}).filter(function(v){return v>=raw})[0];
+ step=Math.max(1,step);var top=Math.ceil(max/step)*step;
  var x=function(t){return L+(W-L-R)*(1-(now-t)/span)},y=function(v){return T+(H-T-B)*(1-v/top)};
  var g=svg('g',{'font-size':'11','fill':'#57606a'});
- for(var i=0;i<=4;i++){var v=top*i/4,yy=y(v);g.appendChild(svg('line',{x1:L,x2:W-R,y1:yy,y2:yy,stroke:'#eaeef2'}));
-  var tx=svg('text',{x:L-6,y:yy+4,'text-anchor':'end'});tx.textContent=String(Math.round(v));g.appendChild(tx)}
- [10,8,6,4,2,0].forEach(function(mins){var tx=svg('text',{x:x(now-mins*60000),y:H-6,'text-anchor':'middle'});tx.textContent=mins?'-'+mins+' min':'now';g.appendChild(tx)});
+ for(var v=0;v<=top;v+=step){var yy=y(v);g.appendChild(svg('line',{x1:L,x2:W-R,y1:yy,y2:yy,stroke:'#eaeef2'}));
+  var tx=svg('text',{x:L-6,y:yy+4,'text-anchor':'end'});tx.textContent=String(v);g.appendChild(tx)}
+ var every=mins<=2?0.5:mins<=5?1:2;
+ for(var m=mins;m>=0;m-=every){var lx=svg('text',{x:x(now-m*60000),y:H-6,'text-anchor':m===mins?'start':m===0?'end':'middle'});
+  lx.textContent=m?'-'+(m<1||m%1?Math.round(m*60)+' s':m+' min'):'now';g.appendChild(lx)}
  box.appendChild(g);
  var legend=$('legend');legend.textContent='';var desc=[];
  Object.keys(ids).sort().forEach(function(id){
-  var pts=[];samples.forEach(function(s){if(id in s.s&&now-s.t<=span)pts.push(x(s.t).toFixed(1)+','+y(s.s[id]).toFixed(1))});
-  if(pts.length)box.appendChild(svg('polyline',{points:pts.join(' '),fill:'none',stroke:color(id),'stroke-width':'2','stroke-linejoin':'round'}));
-  var last=null;for(var k=samples.length-1;k>=0;k--){if(id in samples[k].s){last=samples[k].s[id];break}}
-  var sw=el('i');sw.style.background=color(id);legend.appendChild(el('li',null,[sw,id+(last!=null?' ('+last+')':'')]));
-  desc.push(id+' '+(last!=null?last:'-'));
+  // One polyline per unbroken run: a member that was down or absent leaves a gap.
+  var runs=[],pts=[],prev=null;
+  samples.forEach(function(s){if(now-s.t>span)return;
+   if(id in s.s){if(prev!==null&&s.t-prev>2500&&pts.length){runs.push(pts);pts=[]}pts.push(x(s.t).toFixed(1)+','+y(s.s[id]).toFixed(1));prev=s.t}
+   else if(pts.length){runs.push(pts);pts=[]}});
+  if(pts.length)runs.push(pts);
+  runs.forEach(function(r){box.appendChild(svg('polyline',{points:r.join(' '),fill:'none',stroke:color(id),'stroke-width':'2','stroke-linejoin':'round'}))});
+  var cur=d.members.filter(function(m){return m.id===id})[0];
+  var now1=!cur?'gone':!cur.healthy?'down':String(cur.sessions);
+  var sw=el('i');sw.style.background=color(id);legend.appendChild(el('li',null,[sw,id+' ('+now1+')']));
+  desc.push(id+' '+now1);
  });
- $('chartdesc').textContent='Sessions per instance over the last '+(WINDOW/60)+' minutes; now: '+desc.join(', ');
+ $('chartdesc').textContent='Sessions per instance over the last '+(mins===1?'minute':mins+' minutes')+' (healthy instances only); now: '+desc.join(', ');
 }
 function banner(text){var b=$('banner');b.textContent=text||'';b.className=text?'on':''}
 function tick(){

@@ -188,6 +188,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     const now = performance.now();
     this.#rttMs = Math.round((now - began) * 10) / 10;
     await this.#commands(collection, docs);
+    // Back from an outage: nobody could heartbeat while the database was away, so the outage
+    // must not count against anyone. Ages resume where they were frozen.
+    if (this.#failures > 0) for (const obs of this.#observations.values()) obs.changedAt += now - this.#lastOkAt;
     this.#lastOkAt = now;
     this.#everOk = true;
     this.#apply(now, this.#observe(now, docs));

@@ -136,6 +136,16 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     recompute();
     logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
   });
+  // Fresher load figures from a round of checks: one rebuild per round, not per peer.
+  let pendingRecompute = false;
+  checker.on('load', () => {
+    if (pendingRecompute) return;
+    pendingRecompute = true;
+    setImmediate(() => {
+      pendingRecompute = false;
+      recompute();
+    });
+  });
 
   const balancer = new Balancer({
     config, logger, keys, view: () => effective, random: options.random ?? Math.random, serveRequest, serveUpgrade,
@@ -158,7 +168,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         case 'malformed':
           return reply(res, facts.status, facts.reason);
         case 'health':
-          return health(res, registry);
+          return health(res, registry, sessionCount(), config.capacity);
         case 'dashboard':
           return dashboard.handle(req, res, facts.sub);
         case 'transport':
@@ -285,11 +295,19 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   return handle;
 }
 
-function health(res: ServerResponse, registry: Registry): void {
+/**
+ * The health route, for peers' checks and external load balancers: 503 unless serving. It also
+ * carries the live session count, so peers see load changes between heartbeats and through a
+ * discovery outage.
+ */
+function health(res: ServerResponse, registry: Registry, sessions: number, capacity: number): void {
   const view = registry.view();
   const ok = registry.state === 'serving' || !registry.registered;
   res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
-  res.end(JSON.stringify({ status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk }));
+  res.end(JSON.stringify({
+    status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk,
+    sessions, capacity, at: Date.now(),
+  }));
 }
 
 /**

@@ -11,7 +11,7 @@ async function peerServer(id: () => string, status = 'serving'): Promise<{ serve
   const server = http.createServer((req, res) => {
     if (req.url !== '/cluster/health') return void res.writeHead(404).end();
     res.writeHead(status === 'serving' ? 200 : 503, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ status, id: id() }));
+    res.end(JSON.stringify({ status, id: id(), sessions: 7, capacity: 100, at: Date.now() }));
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -66,6 +66,7 @@ describe('health checks (real peers over http)', function () {
     checker.start();
     const up = await waitStatus(checker, 'p', (s) => s.up && s.rttMs !== null, 'first good check');
     assert.equal(up.state, 'serving');
+    assert.deepEqual(up.load && { sessions: up.load.sessions, capacity: up.load.capacity }, { sessions: 7, capacity: 100 });
     peer.server.closeAllConnections();
     peer.server.close();
     const down = await waitStatus(checker, 'p', (s) => !s.up, 'down');
@@ -102,7 +103,7 @@ describe('health checks (real peers over http)', function () {
 describe('overlayHealth', () => {
   const rebuild = (v: MembershipView) => (members: Member[]) => viewFromMembers(members, v);
   const base = viewOf([{ id: 'a', port: 1 }, { id: 'b', port: 2 }, { id: 'old', port: 3, ageMs: 4000 }, { id: 'gone', port: 4, ageMs: 20_000 }]);
-  const st = (up: boolean, state: HealthStatus['state'] = 'serving'): HealthStatus => ({ up, checkedAt: 0, rttMs: 1, reason: 'x', state });
+  const st = (up: boolean, state: HealthStatus['state'] = 'serving'): HealthStatus => ({ up, checkedAt: 0, rttMs: 1, reason: 'x', state, load: null });
 
   it('returns the same view when checks agree or have no result', () => {
     assert.equal(overlayHealth(base, () => null, 3000, rebuild(base)), base);
@@ -119,5 +120,18 @@ describe('overlayHealth', () => {
     const v = overlayHealth(base, () => st(true), 3000, rebuild(base));
     assert.equal(v.byId.get('old')?.healthy, true, '4 s old heartbeat, checks fine');
     assert.equal(v.byId.get('gone')?.healthy, false, '20 s old heartbeat: not trusted any more');
+  });
+
+  it('takes fresher load figures from a check, with their time, but not from a down peer', () => {
+    const m = base.byId.get('a') as Member;
+    const load = { sessions: 42, capacity: 500, at: m.heartbeatAt + 700 };
+    const v = overlayHealth(base, (id) => (id === 'a' ? { ...st(true), load } : null), 3000, rebuild(base));
+    assert.equal(v.byId.get('a')?.load.sessions, 42);
+    assert.equal(v.byId.get('a')?.load.capacity, 500);
+    assert.equal(v.byId.get('a')?.heartbeatAt, load.at);
+    const older = overlayHealth(base, (id) => (id === 'a' ? { ...st(true), load: { ...load, at: m.heartbeatAt - 1 } } : null), 3000, rebuild(base));
+    assert.equal(older.byId.get('a')?.load.sessions, m.load.sessions);
+    const down = overlayHealth(base, (id) => (id === 'a' ? { ...st(false), load } : null), 3000, rebuild(base));
+    assert.equal(down.byId.get('a')?.load.sessions, m.load.sessions);
   });
 });

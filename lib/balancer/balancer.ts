@@ -13,7 +13,7 @@ import { classify, type DdpFacts, type RequestFacts } from './classify';
 import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, sendInfo } from './info';
 import { PendingLoad } from './pending';
-import { Forwarder, isConnectError, type ProxyAttempt } from './proxy';
+import { Forwarder, isRefusal, type ProxyAttempt } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
 
@@ -119,9 +119,10 @@ export class Balancer {
       this.#stats.forbiddenOrigins++;
       return reply(res, 403, 'origin not allowed');
     }
-    const decision = this.#route(req, facts, hop, new Set());
+    const excluded = new Set<string>();
+    const decision = this.#route(req, facts, hop, excluded);
     this.#count(facts, decision);
-    this.#actWeb(req, res, facts, hop, decision, 0);
+    this.#actWeb(req, res, facts, hop, decision, 0, excluded, false);
   }
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }): void {
@@ -268,7 +269,8 @@ export class Balancer {
     if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#pending.add(target, Date.now());
   }
 
-  #actWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, d: Decision, tries: number): void {
+  #actWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, d: Decision,
+    tries: number, excluded: Set<string>, again: boolean): void {
     switch (d.action) {
       case 'reject':
         this.#stats.rejected++;
@@ -286,29 +288,38 @@ export class Balancer {
         this.#remember(facts, d, null);
         return this.#serveWeb(req, res, facts, hop);
       case 'proxy': {
-        this.#countProxied(facts);
-        this.#remember(facts, d, d.member);
-        if (d.setCookie) setUiCookie(res, d.member.endpointHash);
+        if (!again) {
+          this.#countProxied(facts);
+          this.#remember(facts, d, d.member);
+        }
+        if (d.setCookie && !again) setUiCookie(res, d.member.endpointHash);
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;
         req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
         const release = this.#admit();
         if (release === null) return reply(res, 503, 'balancer overloaded');
         res.once('close', release);
-        const attempt = this.#attempt(req, d.member, facts, tries > 0);
+        const attempt = this.#attempt(req, d.member, facts, tries > 0 || again, again);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
           release();
           this.#stats.proxyErrors++;
-          if (isConnectError(err) && !touched) this.#d.peerDown(d.member.id, errCode(err));
+          const refused = isRefusal(err);
+          if (refused && !touched) this.#d.peerDown(d.member.id, errCode(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', {
             to: d.member.endpoint, error: err, touched,
           });
           if (touched) return void res.destroy();
+          // A reset before any answer, typically a kept-alive connection the peer had just closed,
+          // says nothing about the peer: try it once more on a new connection.
+          if (!refused && !again && !hasBody(req)) {
+            this.#stats.retries++;
+            return this.#actWeb(req, res, facts, hop, d, tries, excluded, true);
+          }
           if (retryable(req, facts, d) && tries < MAX_RETRIES) {
             this.#stats.retries++;
-            const excluded = new Set([d.member.id]);
+            excluded.add(d.member.id);
             const next = this.#route(req, facts, { kind: 'none' }, excluded);
-            return this.#actWeb(req, res, facts, hop, next, tries + 1);
+            return this.#actWeb(req, res, facts, hop, next, tries + 1, excluded, false);
           }
           reply(res, 502, 'upstream unavailable');
         }, release);
@@ -337,11 +348,11 @@ export class Balancer {
         const release = this.#admit();
         if (release === null) return rejectUpgrade(socket, 503, 'balancer overloaded');
         socket.once('close', release);
-        const attempt = this.#attempt(req, d.member, facts, false);
+        const attempt = this.#attempt(req, d.member, facts, false, true);
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           release();
           this.#stats.proxyErrors++;
-          if (isConnectError(err)) this.#d.peerDown(d.member.id, errCode(err));
+          if (isRefusal(err)) this.#d.peerDown(d.member.id, errCode(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
           // A websocket upgrade always starts a session: nothing is lost by trying another member.
           if (tries < MAX_RETRIES && !socket.destroyed) {
@@ -366,7 +377,7 @@ export class Balancer {
     this.#d.serveRequest(req, res);
   }
 
-  #attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean): ProxyAttempt {
+  #attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean, fresh: boolean): ProxyAttempt {
     const client = clientViewOf(req);
     const selfId = this.#d.view().self?.id ?? this.#d.config.instanceId;
     const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, selfId, Date.now());
@@ -376,6 +387,7 @@ export class Balancer {
       headers: { [HOP_HEADER]: hop },
       timeoutMs: streaming ? 0 : POLL_TIMEOUT_MS,
       emptyBody,
+      fresh,
     };
   }
 }

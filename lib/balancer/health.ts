@@ -19,6 +19,8 @@ export interface HealthStatus {
   readonly reason: string;
   /** State the peer reported in its last answer (fresher than its registry entry). */
   readonly state: MemberState | null;
+  /** Sessions and capacity the peer reported, at `at` by its clock; null if it didn't say. */
+  readonly load: { readonly sessions: number; readonly capacity: number; readonly at: number } | null;
 }
 
 export interface HealthOptions {
@@ -39,7 +41,10 @@ interface Peer {
 }
 
 export interface HealthEvents {
+  /** Up/down or reported state changed. */
   change: [id: string, status: HealthStatus];
+  /** A check brought newer load figures. */
+  load: [id: string, status: HealthStatus];
 }
 
 export class HealthChecker extends EventEmitter<HealthEvents> {
@@ -89,7 +94,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     if (!p) return;
     p.fails = Math.max(p.fails, this.#opts.fall);
     p.oks = 0;
-    this.#set(p, { up: false, checkedAt: Date.now(), rttMs: null, reason: `passive: ${reason}`, state: p.status?.state ?? null });
+    this.#set(p, { up: false, checkedAt: Date.now(), rttMs: null, reason: `passive: ${reason}`, state: p.status?.state ?? null, load: p.status?.load ?? null });
   }
 
   close(): void {
@@ -109,7 +114,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     const secure = target.protocol === 'https:';
     const began = performance.now();
     const id = p.member.id;
-    const done = (ok: boolean, reason: string, state: MemberState | null): void => {
+    const done = (ok: boolean, reason: string, state: MemberState | null, load: HealthStatus['load'] = null): void => {
       p.inFlight = false;
       if (this.#peers.get(id) !== p) return; // left the view meanwhile
       const rttMs = Math.round((performance.now() - began) * 10) / 10;
@@ -123,7 +128,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       const wasUp = p.status?.up ?? true;
       // Unknown peers start up (the heartbeat vouches for them); then fall/rise decide.
       const up = wasUp ? p.fails < this.#opts.fall : p.oks >= this.#opts.rise;
-      this.#set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state });
+      this.#set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state, load: load ?? p.status?.load ?? null });
     };
     const req = (secure ? https : http).get(target, { agent: secure ? this.#tlsAgent : this.#agent, timeout: this.#opts.timeoutMs }, (res) => {
       let body = '';
@@ -136,7 +141,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
         // 503 while draining is still alive; what matters is that the right instance answered.
         if (answer === null) return done(false, `bad answer (HTTP ${res.statusCode ?? 0})`, null);
         if (answer.id !== id) return done(false, 'another instance answers at this endpoint', null);
-        done(true, 'ok', answer.state);
+        done(true, 'ok', answer.state, answer.load);
       });
       res.on('error', (err) => done(false, err.message, null));
     });
@@ -148,15 +153,21 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     const before = p.status;
     p.status = status;
     if (!before || before.up !== status.up || before.state !== status.state) this.emit('change', p.member.id, status);
+    else if (status.load !== null && status.load.at !== before.load?.at) this.emit('load', p.member.id, status);
   }
 }
 
-function parseHealth(body: string): { id: string; state: MemberState | null } | null {
+function parseHealth(body: string): { id: string; state: MemberState | null; load: HealthStatus['load'] } | null {
   try {
-    const v = JSON.parse(body) as { id?: unknown; status?: unknown };
+    const v = JSON.parse(body) as { id?: unknown; status?: unknown; sessions?: unknown; capacity?: unknown; at?: unknown };
     if (typeof v.id !== 'string') return null;
     const state = v.status === 'serving' || v.status === 'draining' || v.status === 'starting' ? v.status : null;
-    return { id: v.id, state };
+    const n = (x: unknown): number | null => (typeof x === 'number' && Number.isFinite(x) && x >= 0 ? x : null);
+    const sessions = n(v.sessions);
+    const capacity = n(v.capacity);
+    const at = n(v.at);
+    const load = sessions !== null && capacity !== null && at !== null ? { sessions, capacity: Math.max(1, capacity), at } : null;
+    return { id: v.id, state, load };
   } catch {
     return null;
   }
@@ -177,9 +188,13 @@ export function overlayHealth(view: MembershipView, status: (id: string) => Heal
     if (s === null) return m;
     const healthy = s.up && (m.healthy || m.heartbeatAgeMs < 3 * staleMs);
     const state = s.up && s.state !== null ? s.state : m.state;
-    if (healthy === m.healthy && state === m.state) return m;
+    // Load from the check when it is newer than the heartbeat's (checks run twice as often, and on
+    // through a discovery outage).
+    const fresher = s.up && s.load !== null && s.load.at > m.heartbeatAt ? s.load : null;
+    if (healthy === m.healthy && state === m.state && fresher === null) return m;
     changed = true;
-    return { ...m, healthy, state };
+    if (fresher === null) return { ...m, healthy, state };
+    return { ...m, healthy, state, heartbeatAt: fresher.at, load: { ...m.load, sessions: fresher.sessions, capacity: fresher.capacity } };
   });
   return changed ? rebuild(members) : view;
 }

@@ -10,12 +10,12 @@ import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
 
-/** Errors that mean "nobody is listening there" rather than "it broke mid-way". */
-const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET']);
+/** Errors that mean "nobody is listening there": the peer is down (passive health check). */
+const REFUSALS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT']);
 
-export function isConnectError(err: unknown): boolean {
+export function isRefusal(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && CONNECT_ERRORS.has(code);
+  return typeof code === 'string' && REFUSALS.has(code);
 }
 
 export interface ProxyAttempt {
@@ -25,6 +25,8 @@ export interface ProxyAttempt {
   readonly timeoutMs: number;
   /** Send an empty body instead of piping `req` (a retry after `req` was consumed). */
   readonly emptyBody: boolean;
+  /** Use a new connection rather than a kept-alive one (after a reset on a reused one). */
+  readonly fresh: boolean;
 }
 
 /** Called with the error and whether the client already got bytes (then it can't be retried). */
@@ -53,7 +55,7 @@ export class Forwarder {
     const secure = attempt.target.protocol === 'https:';
     this.#proxy.web(req, res, {
       target: attempt.target.origin,
-      agent: secure ? this.#httpsAgent : this.#httpAgent,
+      agent: attempt.fresh ? false : secure ? this.#httpsAgent : this.#httpAgent,
       headers: attempt.headers,
       proxyTimeout: attempt.timeoutMs || undefined,
       buffer: attempt.emptyBody ? Readable.from([]) : undefined,

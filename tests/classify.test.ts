@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { MAX_URL_LENGTH, TRANSPORTS, classify, type ClassifyOptions, type RequestFacts, type Transport } from '../lib/balancer/classify';
+import { prng } from './support/prng';
 
 const ROOT: ClassifyOptions = { pathPrefix: '', dashboardPath: '/cluster' };
 const APP: ClassifyOptions = { pathPrefix: '/app', dashboardPath: '/cluster' };
@@ -22,17 +23,6 @@ function assertPage(url: string, opts: ClassifyOptions = ROOT): void {
   assert.deepEqual(c(url, opts), { kind: 'page' }, JSON.stringify(url));
 }
 
-/** mulberry32: a small seeded PRNG so the property loop is reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('classify', () => {
   describe('sockjs paths at the root', () => {

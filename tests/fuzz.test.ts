@@ -16,21 +16,11 @@ import { TEST_SECRET, startCluster, type Instance } from './support/cluster';
 import { wsDdp } from './support/ddp-clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { eventually } from './support/wait';
+import { prng } from './support/prng';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
 
-/** mulberry32: the same 10,000 requests every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Reply {
   readonly status: number;

@@ -5,6 +5,7 @@ import { loadScore, route, type Decision, type RoutePolicy, type RouteState } fr
 import type { EntryDoc, MemberState } from '../lib/discovery/entry';
 import { buildView, memberFrom, type Member, type MembershipView, type Observed } from '../lib/discovery/view';
 import { endpointHash } from '../lib/sign';
+import { prng } from './support/prng';
 
 // ---------------------------------------------------------------- helpers
 
@@ -59,17 +60,6 @@ function view(self: Member | null, ...observed: Observed[]): MembershipView {
   return buildView({ at: 0, observed, self, staleMs: STALE_MS, discoveryOk: true, stale: false });
 }
 
-/** mulberry32. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const POLICY: RoutePolicy = { selfWeight: 1, hysteresis: 0.1, hysteresisSessions: 2, publicServices: ['chat'], uiService: 'web', slowStartMs: 0 };
 

@@ -1,4 +1,4 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
 
 /** Keys a signer holds: `current` signs, all of them verify (secret rotation). */
 export interface Keys {
@@ -13,8 +13,21 @@ export function keysFrom(secret: string | null, previous: string | null): Keys |
 // The unit separator can't appear in URLs or our identifiers, so joined fields can't be confused.
 const SEP = '\x1f';
 
+// Key objects made once per secret: every proxied request signs or verifies a hop header.
+const keyObjects = new Map<string, KeyObject>();
+
+function keyFor(secret: string): KeyObject {
+  let key = keyObjects.get(secret);
+  if (!key) {
+    if (keyObjects.size > 16) keyObjects.clear();
+    key = createSecretKey(Buffer.from(secret));
+    keyObjects.set(secret, key);
+  }
+  return key;
+}
+
 export function hmac(secret: string, parts: readonly string[]): string {
-  return createHmac('sha256', secret).update(parts.join(SEP)).digest('base64url');
+  return createHmac('sha256', keyFor(secret)).update(parts.join(SEP)).digest('base64url');
 }
 
 export function sign(keys: Keys, parts: readonly string[]): string {

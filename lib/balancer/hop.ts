@@ -6,6 +6,11 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { randomBytes } from 'node:crypto';
+
+// Nonces only need to be unique: a random prefix per process and a counter, instead of reading
+// the system's randomness on every proxied request.
+const NONCE_PREFIX = randomBytes(9).toString('base64url');
+let nonceCounter = 0;
 import { sign, verify, type Keys } from '../sign';
 
 export const HOP_HEADER = 'x-ddp-cluster-hop';
@@ -36,7 +41,7 @@ function parts(p: HopPayload): string[] {
 /** The header value for forwarding `method url` on behalf of a client seen as `client`. */
 export function makeHop(keys: Keys | null, method: string, url: string, client: ClientView, from: string, now: number): string {
   const payload: HopPayload = {
-    v: 1, t: now, n: randomBytes(9).toString('base64url'), m: method, u: url,
+    v: 1, t: now, n: `${NONCE_PREFIX}${(nonceCounter++).toString(36)}`, m: method, u: url,
     ra: client.remoteAddress, xff: client.forwardedFor, from,
   };
   const body = Buffer.from(JSON.stringify(payload)).toString('base64url');

@@ -10,7 +10,7 @@
  * A Stack is one running setup: backends in their own processes (bench/backend.ts) plus the proxy.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
+import { freePort } from '../tests/support/mongo';
 import path from 'node:path';
 import { TEST_SECRET } from '../tests/support/cluster';
 import { uniqueDbUrl } from '../tests/support/mongo';
@@ -263,15 +263,5 @@ export class Stack {
   }
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

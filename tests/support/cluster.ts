@@ -5,7 +5,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { attach, type AttachOptions, type ClusterHandle } from '../../lib/attach';
 import type { MembershipView } from '../../lib/discovery/view';
@@ -68,16 +67,7 @@ export function waitView(cluster: ClusterHandle, what: string, pred: (v: Members
 }
 
 /** A free loopback port (for instances that must know their URL before they listen). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from './mongo';
 
 export const servingIds = (v: MembershipView): string[] =>
   v.members.filter((m) => m.healthy && m.state === 'serving').map((m) => m.id);

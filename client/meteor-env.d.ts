@@ -5,22 +5,9 @@
  * packages/meteor/url_common.js (Meteor.absoluteUrl).
  */
 
-/** `connection.status()`: socket-stream-client's currentStatus. */
-export interface DdpStatus {
-  readonly status: 'connected' | 'connecting' | 'failed' | 'waiting' | 'offline';
-  readonly connected: boolean;
-  readonly retryCount: number;
-}
-
-/** A Meteor DDP connection (livedata_connection.js); all its methods work, these are typed here. */
-export interface DdpConnection {
-  status(): DdpStatus;
-  reconnect(options?: { readonly url?: string }): void;
-  disconnect(): void;
-  callAsync(name: string, ...args: unknown[]): Promise<unknown>;
-}
-
-export type DdpConnectOptions = Readonly<Record<string, unknown>>;
+// The DDP connection types are the same objects on both sides.
+import type { DdpConnectOptions, DdpConnection, DdpStatus } from '../server/meteor-env';
+export type { DdpConnectOptions, DdpConnection, DdpStatus } from '../server/meteor-env';
 
 export interface MeteorClient {
   readonly isCordova: boolean;

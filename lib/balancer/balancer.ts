@@ -110,15 +110,11 @@ export class Balancer {
     return classify(req.url ?? '/', this.#classifyOptions);
   }
 
-  /** Handles a DDP or page request; returns false to let the caller deal with other kinds. */
+  /** Handles a DDP or page request. */
   request(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.requests++;
-    this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
-    const hop = this.#hop(req);
-    if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
-      this.#stats.forbiddenOrigins++;
-      return reply(res, 403, 'origin not allowed');
-    }
+    const hop = this.#admitted(req, facts);
+    if (hop === null) return reply(res, 403, 'origin not allowed');
     const excluded = new Set<string>();
     const decision = this.#route(req, facts, hop, excluded);
     this.#count(facts, decision);
@@ -127,15 +123,26 @@ export class Balancer {
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.upgrades++;
+    const hop = this.#admitted(req, facts);
+    if (hop === null) return rejectUpgrade(socket, 403, 'origin not allowed');
+    const excluded = new Set<string>();
+    const decision = this.#route(req, facts, hop, excluded);
+    this.#count(facts, decision);
+    this.#actUpgrade(req, socket, head, facts, hop, decision, 0, excluded);
+  }
+
+  /**
+   * What every request and upgrade goes through first: note where this balancer last sent its
+   * session (for retries), check its hop header, and apply the Origin allow-list. Null: refused.
+   */
+  #admitted(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }): HopCheck | null {
     this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
     const hop = this.#hop(req);
     if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
       this.#stats.forbiddenOrigins++;
-      return rejectUpgrade(socket, 403, 'origin not allowed');
+      return null;
     }
-    const decision = this.#route(req, facts, hop, new Set());
-    this.#count(facts, decision);
-    this.#actUpgrade(req, socket, head, facts, hop, decision, 0, new Set());
+    return hop;
   }
 
   /**

@@ -63,7 +63,7 @@ export class MeteorCluster implements ClusterApi {
   }
 
   connect(discoveryUrl: string, options: ConnectOptions = {}): void {
-    this.#configurable('connect');
+    this.configurable('connect');
     if (this.#options.discoveryUrl !== undefined) {
       throw new Error('Cluster.connect() was called twice: this instance already has a discovery URL. '
         + 'Remove the second call (CLUSTER_DISCOVERY_URL sets it without code).');
@@ -75,21 +75,21 @@ export class MeteorCluster implements ClusterApi {
         + '(any MongoDB-compatible server; the app\'s MONGO_URL works).');
     }
     const { pinDdpUrl: pin, ...core } = options;
-    this.#set({ ...core, discoveryUrl });
+    this.set({ ...core, discoveryUrl });
     if (pin !== undefined) this.#pin = pin;
   }
 
   register(service: string, options: RegisterOptions = {}): void {
-    this.#configurable('register');
+    this.configurable('register');
     if (this.#options.service !== undefined) {
       throw new Error(`Cluster.register() was called twice: this instance is already registered as "${this.#options.service}" `
         + 'and an instance registers one service. Remove the second call (CLUSTER_SERVICE sets it without code).');
     }
-    this.#set({ service, endpointUrl: options.endpoint, balancerUrl: options.balancer, uiService: options.uiService, selfWeight: options.selfWeight });
+    this.set({ service, endpointUrl: options.endpoint, balancerUrl: options.balancer, uiService: options.uiService, selfWeight: options.selfWeight });
   }
 
   allowPublicAccess(services: string | readonly string[], ...more: string[]): void {
-    this.#configurable('allowPublicAccess');
+    this.configurable('allowPublicAccess');
     const list = [...(typeof services === 'string' ? [services] : services), ...more];
     for (const s of parseConfig({ publicServices: list }, {}).publicServices) this.#publicServices.add(s);
   }
@@ -156,7 +156,7 @@ export class MeteorCluster implements ClusterApi {
     for (const c of this.#connections) c.bind(handle);
   }
 
-  #configurable(method: string): void {
+  private configurable(method: string): void {
     if (this.#started) {
       throw new Error(`Cluster.${method}() was called after Meteor started: the cluster is configured once, at startup. `
         + 'Call it at the top level of your server code or in Meteor.startup, or use the CLUSTER_* environment variables.');
@@ -164,7 +164,7 @@ export class MeteorCluster implements ClusterApi {
   }
 
   /** Validates JS options with the env parser (same rules, errors name `options.x`) before keeping them. */
-  #set(options: ClusterOptions): void {
+  private set(options: ClusterOptions): void {
     parseConfig({ ...this.#options, ...options }, {});
     for (const [key, value] of Object.entries(options)) if (value !== undefined) Object.assign(this.#options, { [key]: value });
   }

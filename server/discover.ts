@@ -28,12 +28,12 @@ export class ServiceConnection {
   bind(handle: ClusterHandle): void {
     const { pathPrefix, instanceId } = handle.config;
     const key = `${instanceId}/${this.service}/${this.index}`;
-    const check = (view: MembershipView): void => this.#check(view, key, pathPrefix);
+    const check = (view: MembershipView): void => this.check(view, key, pathPrefix);
     handle.on('view', check);
     check(handle.view());
   }
 
-  #check(view: MembershipView, key: string, prefix: string): void {
+  private check(view: MembershipView, key: string, prefix: string): void {
     const status = this.connection.status();
     // Closed for good, or disconnected by the app after we connected it: not ours to undo.
     if (status.status === 'failed' || (this.#member !== null && status.status === 'offline')) return;

@@ -113,32 +113,32 @@ export class Balancer {
   /** Handles a DDP or page request. */
   request(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.requests++;
-    const hop = this.#admitted(req, facts);
+    const hop = this.admitted(req, facts);
     if (hop === null) return reply(res, 403, 'origin not allowed');
     const excluded = new Set<string>();
-    const decision = this.#route(req, facts, hop, excluded);
-    this.#count(facts, decision);
-    this.#actWeb(req, res, facts, hop, decision, 0, excluded, false);
+    const decision = this.route(req, facts, hop, excluded);
+    this.count(facts, decision);
+    this.actWeb(req, res, facts, hop, decision, 0, excluded, false);
   }
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }): void {
     this.#stats.upgrades++;
-    const hop = this.#admitted(req, facts);
+    const hop = this.admitted(req, facts);
     if (hop === null) return rejectUpgrade(socket, 403, 'origin not allowed');
     const excluded = new Set<string>();
-    const decision = this.#route(req, facts, hop, excluded);
-    this.#count(facts, decision);
-    this.#actUpgrade(req, socket, head, facts, hop, decision, 0, excluded);
+    const decision = this.route(req, facts, hop, excluded);
+    this.count(facts, decision);
+    this.actUpgrade(req, socket, head, facts, hop, decision, 0, excluded);
   }
 
   /**
    * What every request and upgrade goes through first: note where this balancer last sent its
    * session (for retries), check its hop header, and apply the Origin allow-list. Null: refused.
    */
-  #admitted(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }): HopCheck | null {
+  private admitted(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }): HopCheck | null {
     this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
-    const hop = this.#hop(req);
-    if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.#originAllowed(req)) {
+    const hop = this.hop(req);
+    if (facts.kind !== 'page' && hop.kind !== 'trusted' && !this.originAllowed(req)) {
       this.#stats.forbiddenOrigins++;
       return null;
     }
@@ -152,7 +152,7 @@ export class Balancer {
    */
   pickDdpUrl(req: RequestLike, service: string | null = null): string | null {
     const facts: DdpFacts = { kind: 'info', service, pinned: null, localUrl: '' };
-    const d = this.#route(req, facts, { kind: 'none' }, new Set());
+    const d = this.route(req, facts, { kind: 'none' }, new Set());
     if (d.action !== 'pin' || d.member.balancer === null) return null;
     this.#pending.add(d.member, Date.now());
     return d.member.balancer;
@@ -192,14 +192,14 @@ export class Balancer {
    * sends Origin on websockets and cross-origin requests) must come from a listed origin.
    * Requests without Origin (same-origin GETs, Node/mobile DDP clients) pass.
    */
-  #originAllowed(req: IncomingMessage): boolean {
+  private originAllowed(req: IncomingMessage): boolean {
     if (this.#origins.size === 0) return true;
     const origin = req.headers.origin;
     return origin === undefined || this.#origins.has(origin);
   }
 
   /** Counts a proxy attempt until its peer answered (or failed); false when over the cap. */
-  #admit(): (() => void) | null {
+  private admit(): (() => void) | null {
     if (this.#pendingProxies >= MAX_PENDING) {
       this.#stats.overloaded++;
       return null;
@@ -213,7 +213,7 @@ export class Balancer {
     };
   }
 
-  #hop(req: IncomingMessage): HopCheck {
+  private hop(req: IncomingMessage): HopCheck {
     const value = req.headers[HOP_HEADER];
     if (value === undefined) return { kind: 'none' };
     delete req.headers[HOP_HEADER];
@@ -229,7 +229,7 @@ export class Balancer {
     return check;
   }
 
-  #route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
+  private route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
     const view = this.#d.view();
     return route({
       facts,
@@ -251,7 +251,7 @@ export class Balancer {
     });
   }
 
-  #count(facts: DdpFacts | { kind: 'page' }, d: Decision): void {
+  private count(facts: DdpFacts | { kind: 'page' }, d: Decision): void {
     const s = this.#stats;
     const key = facts.kind === 'transport' ? facts.transport : facts.kind;
     s.byTransport[key] = (s.byTransport[key] ?? 0) + 1;
@@ -259,7 +259,7 @@ export class Balancer {
     s.byReason[reason] = (s.byReason[reason] ?? 0) + 1;
   }
 
-  #countProxied(facts: DdpFacts | { kind: 'page' }): void {
+  private countProxied(facts: DdpFacts | { kind: 'page' }): void {
     const s = this.#stats;
     s.proxied++;
     s.hopsOut++;
@@ -267,7 +267,7 @@ export class Balancer {
     s.proxiedByTransport[key] = (s.proxiedByTransport[key] ?? 0) + 1;
   }
 
-  #remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
+  private remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
     const target = member ?? this.#d.view().self;
     if (target === null) return;
     // Every session this balancer forwards, pinned ones included: if a pinned member dies, this
@@ -276,7 +276,7 @@ export class Balancer {
     if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#pending.add(target, Date.now());
   }
 
-  #actWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, d: Decision,
+  private actWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, d: Decision,
     tries: number, excluded: Set<string>, again: boolean): void {
     switch (d.action) {
       case 'reject':
@@ -292,21 +292,21 @@ export class Balancer {
       }
       case 'serve':
         this.#stats.served++;
-        this.#remember(facts, d, null);
-        return this.#serveWeb(req, res, facts, hop);
+        this.remember(facts, d, null);
+        return this.serveWeb(req, res, facts, hop);
       case 'proxy': {
         if (!again) {
-          this.#countProxied(facts);
-          this.#remember(facts, d, d.member);
+          this.countProxied(facts);
+          this.remember(facts, d, d.member);
         }
         if (d.setCookie && !again) setUiCookie(res, d.member.endpointHash);
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;
         req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
-        const release = this.#admit();
+        const release = this.admit();
         if (release === null) return reply(res, 503, 'balancer overloaded');
         res.once('close', release);
-        const attempt = this.#attempt(req, d.member, facts, tries > 0 || again, again);
+        const attempt = this.attempt(req, d.member, facts, tries > 0 || again, again);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
           release();
           this.#stats.proxyErrors++;
@@ -320,13 +320,13 @@ export class Balancer {
           // says nothing about the peer: try it once more on a new connection.
           if (!refused && !again && !hasBody(req)) {
             this.#stats.retries++;
-            return this.#actWeb(req, res, facts, hop, d, tries, excluded, true);
+            return this.actWeb(req, res, facts, hop, d, tries, excluded, true);
           }
           if (retryable(req, facts, d) && tries < MAX_RETRIES) {
             this.#stats.retries++;
             excluded.add(d.member.id);
-            const next = this.#route(req, facts, { kind: 'none' }, excluded);
-            return this.#actWeb(req, res, facts, hop, next, tries + 1, excluded, false);
+            const next = this.route(req, facts, { kind: 'none' }, excluded);
+            return this.actWeb(req, res, facts, hop, next, tries + 1, excluded, false);
           }
           reply(res, 502, 'upstream unavailable');
         }, release);
@@ -335,7 +335,7 @@ export class Balancer {
     }
   }
 
-  #actUpgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }, hop: HopCheck,
+  private actUpgrade(req: IncomingMessage, socket: Socket, head: Buffer, facts: DdpFacts | { kind: 'page' }, hop: HopCheck,
     d: Decision, tries: number, excluded: Set<string>): void {
     switch (d.action) {
       case 'reject':
@@ -344,18 +344,18 @@ export class Balancer {
       case 'pin':
       case 'serve':
         this.#stats.served++;
-        this.#remember(facts, d, null);
+        this.remember(facts, d, null);
         if ('localUrl' in facts) req.url = facts.localUrl;
         if (hop.kind === 'trusted') applyClientView(req, hop.client);
         return this.#d.serveUpgrade(req, socket, head);
       case 'proxy': {
-        this.#countProxied(facts);
-        this.#remember(facts, d, d.member);
+        this.countProxied(facts);
+        this.remember(facts, d, d.member);
         if ('localUrl' in facts) req.url = facts.localUrl;
-        const release = this.#admit();
+        const release = this.admit();
         if (release === null) return rejectUpgrade(socket, 503, 'balancer overloaded');
         socket.once('close', release);
-        const attempt = this.#attempt(req, d.member, facts, false, true);
+        const attempt = this.attempt(req, d.member, facts, false, true);
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           release();
           this.#stats.proxyErrors++;
@@ -365,8 +365,8 @@ export class Balancer {
           if (tries < MAX_RETRIES && !socket.destroyed) {
             this.#stats.retries++;
             excluded.add(d.member.id);
-            const next = this.#route(req, facts, { kind: 'none' }, excluded);
-            return this.#actUpgrade(req, socket, head, facts, hop, next, tries + 1, excluded);
+            const next = this.route(req, facts, { kind: 'none' }, excluded);
+            return this.actUpgrade(req, socket, head, facts, hop, next, tries + 1, excluded);
           }
           rejectUpgrade(socket, 502, 'upstream unavailable');
         }, release);
@@ -375,7 +375,7 @@ export class Balancer {
     }
   }
 
-  #serveWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck): void {
+  private serveWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck): void {
     if ('localUrl' in facts) req.url = facts.localUrl;
     if (hop.kind === 'trusted') {
       const restore = applyClientView(req, hop.client);
@@ -384,7 +384,7 @@ export class Balancer {
     this.#d.serveRequest(req, res);
   }
 
-  #attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean, fresh: boolean): ProxyAttempt {
+  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean, fresh: boolean): ProxyAttempt {
     const client = clientViewOf(req);
     const selfId = this.#d.view().self?.id ?? this.#d.config.instanceId;
     const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, selfId, Date.now());

@@ -61,7 +61,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
 
   start(): void {
     if (this.#timer) return;
-    this.#timer = setInterval(() => this.#round(), this.#opts.intervalMs);
+    this.#timer = setInterval(() => this.round(), this.#opts.intervalMs);
     this.#timer.unref();
   }
 
@@ -94,7 +94,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     if (!p) return;
     p.fails = Math.max(p.fails, this.#opts.fall);
     p.oks = 0;
-    this.#set(p, { up: false, checkedAt: Date.now(), rttMs: null, reason: `passive: ${reason}`, state: p.status?.state ?? null, load: p.status?.load ?? null });
+    this.set(p, { up: false, checkedAt: Date.now(), rttMs: null, reason: `passive: ${reason}`, state: p.status?.state ?? null, load: p.status?.load ?? null });
   }
 
   close(): void {
@@ -104,11 +104,11 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     this.#tlsAgent.destroy();
   }
 
-  #round(): void {
-    for (const p of this.#peers.values()) if (!p.inFlight) this.#check(p);
+  private round(): void {
+    for (const p of this.#peers.values()) if (!p.inFlight) this.check(p);
   }
 
-  #check(p: Peer): void {
+  private check(p: Peer): void {
     p.inFlight = true;
     const target = new URL(this.#opts.path, p.member.endpoint);
     const secure = target.protocol === 'https:';
@@ -128,7 +128,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       const wasUp = p.status?.up ?? true;
       // Unknown peers start up (the heartbeat vouches for them); then fall/rise decide.
       const up = wasUp ? p.fails < this.#opts.fall : p.oks >= this.#opts.rise;
-      this.#set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state, load: load ?? p.status?.load ?? null });
+      this.set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state, load: load ?? p.status?.load ?? null });
     };
     const req = (secure ? https : http).get(target, { agent: secure ? this.#tlsAgent : this.#agent, timeout: this.#opts.timeoutMs }, (res) => {
       let body = '';
@@ -149,7 +149,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     req.on('error', (err: Error & { code?: string }) => done(false, err.code ?? err.message, null));
   }
 
-  #set(p: Peer, status: HealthStatus): void {
+  private set(p: Peer, status: HealthStatus): void {
     const before = p.status;
     p.status = status;
     if (!before || before.up !== status.up || before.state !== status.state) this.emit('change', p.member.id, status);

@@ -29,7 +29,7 @@ export class PendingLoad {
   add(member: Member, now: number): void {
     const r = this.#routed.get(member.id);
     if (r) {
-      this.#catchUp(r, member);
+      this.catchUp(r, member);
       r.times.push(now);
     } else {
       this.#routed.set(member.id, { times: [now], heartbeatAt: member.heartbeatAt, sessions: member.load.sessions });
@@ -40,11 +40,11 @@ export class PendingLoad {
   count(member: Member): number {
     const r = this.#routed.get(member.id);
     if (!r) return 0;
-    this.#catchUp(r, member);
+    this.catchUp(r, member);
     return r.times.length;
   }
 
-  #catchUp(r: Routed, member: Member): void {
+  private catchUp(r: Routed, member: Member): void {
     if (member.heartbeatAt === r.heartbeatAt) return;
     const gained = member.load.sessions - r.sessions;
     let drop = Math.max(0, Math.min(gained, r.times.length));

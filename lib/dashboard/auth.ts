@@ -46,11 +46,11 @@ export class DashboardAuth {
   constructor(passwords: readonly string[]) {
     if (passwords.length === 0) throw new Error('DashboardAuth needs a password');
     this.#passwords = passwords;
-    this.#passwordMacs = passwords.map((p) => this.#mac(p));
+    this.#passwordMacs = passwords.map((p) => this.mac(p));
   }
 
   /** Derived on first use, off the event loop (scrypt runs in the libuv pool). */
-  #keys(): Promise<Buffer[]> {
+  private keys(): Promise<Buffer[]> {
     this.#sessionKeys ??= Promise.all(this.#passwords.map((p) => new Promise<Buffer>((resolve, reject) => {
       scrypt(p, SESSION_LABEL, 32, { N: 1 << 14, r: 8, p: 1 }, (err, key) => (err ? reject(err) : resolve(key)));
     })));
@@ -59,7 +59,7 @@ export class DashboardAuth {
 
   /** Constant time in the length and content of the guess. */
   checkPassword(guess: string): boolean {
-    const given = this.#mac(guess);
+    const given = this.mac(guess);
     let ok = false;
     for (const want of this.#passwordMacs) if (timingSafeEqual(given, want)) ok = true;
     return ok;
@@ -67,7 +67,7 @@ export class DashboardAuth {
 
   /** `v1.<expiresAtMs>.<nonce>.<hmac>`. */
   async issueToken(now: number): Promise<{ token: string; expiresAt: number }> {
-    const keys = await this.#keys();
+    const keys = await this.keys();
     const expiresAt = now + SESSION_TTL_MS;
     const nonce = randomBytes(12).toString('base64url');
     const body = `v1.${expiresAt}.${nonce}`;
@@ -82,14 +82,14 @@ export class DashboardAuth {
     if (Number(exp) <= now || Number(exp) > now + SESSION_TTL_MS + 60_000) return false;
     const given = Buffer.from(sig);
     let ok = false;
-    for (const key of await this.#keys()) {
+    for (const key of await this.keys()) {
       const want = Buffer.from(tokenMac(key, body));
       if (want.length === given.length && timingSafeEqual(want, given)) ok = true;
     }
     return ok;
   }
 
-  #mac(s: string): Buffer {
+  private mac(s: string): Buffer {
     return createHmac('sha256', this.#checkKey).update(s).digest();
   }
 }

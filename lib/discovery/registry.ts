@@ -92,7 +92,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       ...options.mongoOptions,
     };
     this.#lastLoad = options.load();
-    this.#view = this.#build(performance.now(), []);
+    this.#view = this.build(performance.now(), []);
     this.#firstPoll = new Promise((resolve) => (this.#firstPollDone = resolve));
   }
 
@@ -103,7 +103,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       this.#firstPollDone();
       return;
     }
-    this.#running = this.#loop();
+    this.#running = this.loop();
   }
 
   /** Resolves after the first successful poll (or at once without discovery). */
@@ -133,7 +133,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (this.#state === state) return;
     this.#state = state;
     if (state === 'serving') this.#servingSince = Date.now();
-    this.#view = this.#rederive(this.#view.discoveryOk, this.#view.stale);
+    this.#view = this.rederive(this.#view.discoveryOk, this.#view.stale);
     this.emit('view', this.#view);
     this.#wake?.();
   }
@@ -155,27 +155,27 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.#collection = null;
   }
 
-  async #loop(): Promise<void> {
+  private async loop(): Promise<void> {
     while (!this.#closed) {
       const began = performance.now();
       let delay = this.#config.heartbeatMs;
       try {
-        await this.#tick();
-        this.#onSuccess();
+        await this.tick();
+        this.onSuccess();
       } catch (err) {
-        delay = this.#onFailure(err instanceof Error ? err : new Error(String(err)));
+        delay = this.onFailure(err instanceof Error ? err : new Error(String(err)));
       }
-      await this.#sleep(Math.max(0, delay - (performance.now() - began)));
+      await this.sleep(Math.max(0, delay - (performance.now() - began)));
     }
   }
 
-  async #tick(): Promise<void> {
-    const collection = await this.#connect();
+  private async tick(): Promise<void> {
+    const collection = await this.connect();
     const began = performance.now();
     this.#lastLoad = this.#load();
     this.#lastLoadAt = Date.now();
     if (this.#registered) {
-      const doc = this.#selfDoc();
+      const doc = this.selfDoc();
       const { _id, ...fields } = doc;
       await collection.updateOne({ _id }, { $set: fields }, { upsert: true });
     }
@@ -187,18 +187,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
       .toArray();
     const now = performance.now();
     this.#rttMs = Math.round((now - began) * 10) / 10;
-    await this.#commands(collection, docs);
+    await this.commands(collection, docs);
     // Back from an outage: nobody could heartbeat while the database was away, so the outage
     // must not count against anyone. Ages resume where they were frozen.
     if (this.#failures > 0) for (const obs of this.#observations.values()) obs.changedAt += now - this.#lastOkAt;
     this.#lastOkAt = now;
     this.#everOk = true;
-    this.#apply(now, this.#observe(now, docs));
-    if (++this.#ticks % CLEANUP_EVERY_TICKS === 1) await this.#cleanup(collection);
+    this.apply(now, this.observe(now, docs));
+    if (++this.#ticks % CLEANUP_EVERY_TICKS === 1) await this.cleanup(collection);
   }
 
   /** Acts on a signed drain request addressed to this instance, once; removes it either way. */
-  async #commands(collection: Collection<EntryDoc>, docs: readonly unknown[]): Promise<void> {
+  private async commands(collection: Collection<EntryDoc>, docs: readonly unknown[]): Promise<void> {
     if (!this.#registered) return;
     const mine = docs.find((d) => (d as { _id?: unknown })._id === this.#config.instanceId) as Record<string, unknown> | undefined;
     const raw = mine?.[DRAIN_FIELD];
@@ -221,7 +221,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.emit('drainRequested', check.request);
   }
 
-  async #connect(): Promise<Collection<EntryDoc>> {
+  private async connect(): Promise<Collection<EntryDoc>> {
     if (this.#collection) return this.#collection;
     const client = new MongoClient(this.#config.discoveryUrl ?? '', this.#mongoOptions);
     try {
@@ -231,9 +231,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
       throw err;
     }
     const collection = client.db().collection<EntryDoc>(this.#config.collection);
-    // TTL index where the server supports it; #cleanup covers servers that don't.
+    // TTL index where the server supports it; cleanup covers servers that don't.
     await collection
-      .createIndex({ heartbeatAt: 1 }, { name: 'ddp_cluster_ttl', expireAfterSeconds: Math.ceil(this.#cleanupAfterMs() / 1000) })
+      .createIndex({ heartbeatAt: 1 }, { name: 'ddp_cluster_ttl', expireAfterSeconds: Math.ceil(this.cleanupAfterMs() / 1000) })
       .catch((err: unknown) => this.#log.debug('discovery.ttl_index_unavailable', { error: err }));
     this.#client = client;
     this.#collection = collection;
@@ -241,17 +241,17 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** Entries of instances dead for far longer than the stale horizon; generous so clock skew can't hurt. */
-  #cleanupAfterMs(): number {
+  private cleanupAfterMs(): number {
     return Math.max(60_000, 10 * this.#config.staleMs);
   }
 
-  async #cleanup(collection: Collection<EntryDoc>): Promise<void> {
-    const before = new Date(Date.now() - this.#cleanupAfterMs());
+  private async cleanup(collection: Collection<EntryDoc>): Promise<void> {
+    const before = new Date(Date.now() - this.cleanupAfterMs());
     const { deletedCount } = await collection.deleteMany({ heartbeatAt: { $lt: before } });
     if (deletedCount > 0) this.#log.info('discovery.cleanup', { removed: deletedCount });
   }
 
-  #observe(now: number, docs: readonly unknown[]): Observed[] {
+  private observe(now: number, docs: readonly unknown[]): Observed[] {
     const observed: Observed[] = [];
     const present = new Set<string>();
     for (const raw of docs) {
@@ -278,9 +278,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return observed;
   }
 
-  #apply(now: number, observed: readonly Observed[]): void {
+  private apply(now: number, observed: readonly Observed[]): void {
     const before = this.#view;
-    const after = this.#build(now, observed);
+    const after = this.build(now, observed);
     this.#view = after;
     const diff = diffViews(before, after);
     for (const m of diff.joined) this.emit('join', m);
@@ -297,11 +297,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.emit('view', after);
   }
 
-  #build(now: number, observed: readonly Observed[]): MembershipView {
+  private build(now: number, observed: readonly Observed[]): MembershipView {
     return buildView({
       at: Date.now(),
       observed,
-      self: this.#selfMember(),
+      self: this.selfMember(),
       staleMs: this.#config.staleMs,
       discoveryOk: this.#everOk && this.#lastOkAt === now,
       stale: false,
@@ -309,19 +309,19 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** Re-derives the view without a poll: peers keep the ages they had at the last success. */
-  #rederive(discoveryOk: boolean, stale: boolean): MembershipView {
+  private rederive(discoveryOk: boolean, stale: boolean): MembershipView {
     const v = this.#view;
     return buildView({
       at: Date.now(),
       observed: v.members.filter((m) => !m.self).map((m) => ({ entry: entryOf(m), ageMs: m.heartbeatAgeMs })),
-      self: this.#selfMember(),
+      self: this.selfMember(),
       staleMs: this.#config.staleMs,
       discoveryOk,
       stale,
     });
   }
 
-  #onSuccess(): void {
+  private onSuccess(): void {
     if (this.#failures > 0) {
       this.#log.info('discovery.recovered', { after: this.#failures });
       this.#log.reset('discovery.outage');
@@ -332,7 +332,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** Keeps the last-known view (ages frozen at the last success) and returns the retry delay. */
-  #onFailure(err: Error): number {
+  private onFailure(err: Error): number {
     this.#failures++;
     if (this.#failures === 1) this.emit('outage', err);
     this.#log.once('warn', 'discovery.outage', 'discovery.unreachable', {
@@ -340,7 +340,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     });
     const stale = performance.now() - this.#lastOkAt > this.#config.viewStaleMs;
     if (this.#view.discoveryOk || this.#view.stale !== stale) {
-      this.#view = this.#rederive(false, stale);
+      this.#view = this.rederive(false, stale);
       this.emit('view', this.#view);
     }
     // Never connected yet: back off exponentially. Mid-run: retry every heartbeat.
@@ -350,7 +350,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.#config.heartbeatMs;
   }
 
-  #selfDoc(): EntryDoc {
+  private selfDoc(): EntryDoc {
     const c = this.#config;
     const endpoint = c.endpointUrl ?? '';
     return signEntry(this.#keys, {
@@ -368,12 +368,12 @@ export class Registry extends EventEmitter<RegistryEvents> {
       heartbeatAt: new Date(this.#lastLoadAt),
       heartbeatMs: c.heartbeatMs,
       seq: ++this.#seq,
-      servingMs: this.#servingMs(),
+      servingMs: this.servingMs(),
       load: this.#lastLoad,
     });
   }
 
-  #selfMember(): Member | null {
+  private selfMember(): Member | null {
     if (!this.#registered) return null;
     const c = this.#config;
     const endpoint = c.endpointUrl ?? '';
@@ -394,16 +394,16 @@ export class Registry extends EventEmitter<RegistryEvents> {
       heartbeatAgeMs: 0,
       heartbeatAt: this.#lastLoadAt,
       heartbeatMs: c.heartbeatMs,
-      servingMs: this.#servingMs(),
+      servingMs: this.servingMs(),
       load: this.#lastLoad,
     });
   }
 
-  #servingMs(): number {
+  private servingMs(): number {
     return this.#state === 'serving' ? Date.now() - this.#servingSince : 0;
   }
 
-  #sleep(ms: number): Promise<void> {
+  private sleep(ms: number): Promise<void> {
     if (this.#closed) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);

@@ -23,7 +23,7 @@ Package.onUse((api) => {
   // ddp-server first: when server/index.ts loads, sockjs and ddp-server's overshadowing listener
   // are already on WebApp.httpServer, and the balancer is attached in front of them at startup.
   api.use(['typescript', 'ecmascript', 'webapp', 'ddp', 'ddp-server', 'meteor'], 'server');
-  api.use(['typescript', 'ecmascript', 'ddp', 'meteor'], 'client');
+  api.use(['typescript', 'ecmascript', 'ddp', 'tracker', 'meteor'], 'client');
   api.mainModule('server/index.ts', 'server');
   api.mainModule('client/index.ts', 'client');
   api.export('Cluster');

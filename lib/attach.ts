@@ -60,7 +60,7 @@ export interface ClusterHandle {
    */
   drain(options?: { windowMs?: number }): Promise<DrainReport>;
   /**
-   * For rewriting a page's DDP_DEFAULT_CONNECTION_URL: the balancer URL of the member a new
+   * For rewriting a page's DDP_DEFAULT_CONNECTION_URL: the pinned path on the balancer URL of the member a new
    * client should use, or null to keep the default.
    */
   pickDdpUrl(req: RequestLike, service?: string | null): string | null;

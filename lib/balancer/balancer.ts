@@ -155,7 +155,9 @@ export class Balancer {
     const d = this.route(req, facts, { kind: 'none' }, new Set());
     if (d.action !== 'pin' || d.member.balancer === null) return null;
     this.#pending.add(d.member, Date.now());
-    return d.member.balancer;
+    // The member's pinned path on its own balancer: that balancer serves the page's sessions
+    // itself instead of routing them again (Meteor appends /sockjs or /websocket to the URL).
+    return `${d.member.balancer}${this.#classifyOptions.pathPrefix}/cluster-ddp/${d.member.endpointHash}/${d.member.service}`;
   }
 
   stats(): BalancerStats {

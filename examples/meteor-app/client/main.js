@@ -1,7 +1,6 @@
 import { Meteor } from 'meteor/meteor';
 import { Mongo } from 'meteor/mongo';
 import { Tracker } from 'meteor/tracker';
-import './main.html';
 
 // Filled by the server's `whoami` publication (a client-only collection).
 const Whoami = new Mongo.Collection('whoami');

@@ -25,9 +25,18 @@ function whoami(connection) {
   };
 }
 
+// A second service of the same cluster (examples/meteor-npm-app registers `search`): a server-side
+// DDP connection to a healthy `search` member, which follows the cluster as members come and go.
+// With no `search` member yet it waits, offline.
+const search = Cluster.discoverConnection('search');
+
 Meteor.methods({
   whoami() {
     return whoami(this.connection);
+  },
+  async searchWhoami() {
+    if (!search.status().connected) throw new Meteor.Error('search-unavailable', 'no search member reached yet');
+    return search.callAsync('whoami');
   },
 });
 

@@ -43,6 +43,8 @@ export interface DdpStatus {
   readonly status: 'connected' | 'connecting' | 'failed' | 'waiting' | 'offline';
   readonly connected: boolean;
   readonly retryCount: number;
+  /** While `waiting`: when Meteor retries next (ms since the epoch). */
+  readonly retryTime?: number;
 }
 
 /** A Meteor DDP connection (livedata_connection.js); the glue only moves it between members. */

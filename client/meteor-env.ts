@@ -16,7 +16,15 @@ export interface MeteorClient {
   reconnect(options?: { readonly url?: string }): void;
 }
 
+/** packages/tracker: `autorun` re-runs when a reactive source it read (Meteor.status()) changes. */
+export interface TrackerComputation { stop(): void }
+export interface TrackerClient {
+  autorun(run: (computation: TrackerComputation) => void): TrackerComputation;
+}
+
 export interface ClientPackages {
   readonly meteor: { readonly Meteor: MeteorClient };
+  /** Loaded with ddp (ddp-client uses it); optional so the glue still works without it. */
+  readonly tracker?: { readonly Tracker: TrackerClient };
   readonly 'ddp-client': { readonly DDP: { connect(url: string, options?: DdpConnectOptions): DdpConnection } };
 }

@@ -1,0 +1,428 @@
+/**
+ * Real Meteor: examples/meteor-app (the Atmosphere path, METEOR_PACKAGE_DIRS with a link to this
+ * checkout) and examples/meteor-npm-app (the npm path, `ddp-cluster/server` from an `npm pack`
+ * tarball) built with `meteor build --server-only`, their bundles started with `node main.js` on the
+ * run's FerretDB, driven by headless Chromium pages (Meteor's own client) and Node DDP clients.
+ * Plus `meteor run` of the example. The meteor tool: tests/support/meteor-real.ts.
+ *
+ * Each cluster has a front door, `web-0`, with no CLUSTER_ENDPOINT_URL: it serves pages and balances
+ * but does not register, so it passes every DDP session on, like a front load balancer would. Its
+ * pages' sessions land on the members, so killing one of those is survivable for the page (a page
+ * whose own origin dies has nowhere to reconnect to, clustered or not).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { endpointHash } from '../lib/index';
+import { TEST_SECRET } from './support/cluster';
+import { httpRequest, rawXhrDdp, wsDdp, type WsDdpClient } from './support/ddp-clients';
+import {
+  buildApp, killAll, linkedPackageDirs, meteorRun, meteorTool, packTarball, startBundle,
+  type BuiltApp, type MeteorProcess,
+} from './support/meteor-real';
+import { freePort, mongo, uniqueDbUrl } from './support/mongo';
+import { eventually } from './support/wait';
+
+const CHROMIUM = '/usr/bin/chromium';
+const PASSWORD = 'real-meteor-dashboard-password';
+const CLIENT_IP = '127.0.0.2';
+
+interface Whoami { readonly instance: string; readonly clientAddress: string | null; readonly session: string }
+interface ApiMember { readonly id: string; readonly service: string; readonly state: string; readonly healthy: boolean; readonly sessions: number }
+
+const figures: Record<string, unknown> = {};
+const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+
+async function apiMembers(p: MeteorProcess): Promise<ApiMember[]> {
+  const res = await fetch(`${p.url}/cluster/api/cluster`, {
+    headers: { authorization: `Basic ${Buffer.from(`test:${PASSWORD}`).toString('base64')}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  if (res.status !== 200) throw new Error(`${p.id} /cluster/api/cluster answered ${res.status}`);
+  return ((await res.json()) as { members: ApiMember[] }).members;
+}
+
+/** Waits until every process sees exactly `ids` healthy and serving. */
+async function waitServing(procs: readonly MeteorProcess[], ids: readonly string[]): Promise<void> {
+  const want = [...ids].sort().join();
+  await Promise.all(procs.map((p) => eventually(async () => {
+    const serving = (await apiMembers(p)).filter((m) => m.healthy && m.state === 'serving').map((m) => m.id).sort().join();
+    return serving === want;
+  }, `${p.id} to see ${want} serving`, 60_000, 200)));
+}
+
+interface Cluster {
+  readonly db: string;
+  readonly procs: Map<string, MeteorProcess>;
+  get(id: string): MeteorProcess;
+}
+
+/** web-0 (front door, not registered) and web-1..n of examples/meteor-app, in one discovery database. */
+async function startWeb(app: BuiltApp, name: string, n: number, env: (port: number) => Record<string, string> = () => ({})): Promise<Cluster> {
+  const db = uniqueDbUrl(mongo().url, `m_${name}`);
+  const ids = Array.from({ length: n + 1 }, (_, i) => `web-${i}`);
+  const procs = new Map<string, MeteorProcess>();
+  await Promise.all(ids.map(async (id) => {
+    const port = await freePort();
+    const member = memberEnv(db, name, port);
+    if (id === 'web-0') delete member.CLUSTER_ENDPOINT_URL;
+    procs.set(id, await startBundle(app, id, port, { ...member, ...env(port) }));
+  }));
+  await waitServing([...procs.values()], ids.slice(1));
+  return { db, procs, get: (id) => procs.get(id) ?? assert.fail(`no ${id}`) };
+}
+
+function memberEnv(db: string, name: string, port: number): Record<string, string> {
+  return {
+    MONGO_URL: uniqueDbUrl(mongo().url, `m_${name}_app`),
+    CLUSTER_DISCOVERY_URL: db,
+    CLUSTER_SECRET: TEST_SECRET,
+    CLUSTER_ENDPOINT_URL: `http://127.0.0.1:${port}`,
+    CLUSTER_DASHBOARD_PASSWORD: PASSWORD,
+    CLUSTER_STALE_HORIZON: '3s',
+    CLUSTER_DRAIN_WINDOW: '2s',
+  };
+}
+
+/** A Chromium page of the app, its errors (uncaught exceptions, failed loads) collected. */
+interface AppPage { readonly page: Page; readonly errors: string[]; readonly origin: string }
+
+async function openPage(context: BrowserContext, url: string): Promise<AppPage> {
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !/favicon/.test(m.location().url)) errors.push(`console: ${m.text()}`); });
+  page.on('response', (r) => { if (r.status() >= 400 && !r.url().endsWith('/favicon.ico')) errors.push(`HTTP ${r.status()} ${r.url()}`); });
+  await page.goto(url);
+  await page.waitForFunction(() => (globalThis as any).Package?.meteor?.Meteor?.status().connected === true, null, { timeout: 30_000 });
+  // Every status change of the default connection, with the page's clock (the same machine's).
+  await page.evaluate(() => {
+    const g = globalThis as any;
+    g.statusLog = [];
+    g.Package.tracker.Tracker.autorun(() => {
+      const s = g.Package.meteor.Meteor.status();
+      g.statusLog.push({ t: Date.now(), status: s.status, retryCount: s.retryCount, retryTime: s.retryTime ?? null });
+    });
+  });
+  return { page, errors, origin: url };
+}
+
+function whoami(p: AppPage, timeoutMs = 20_000): Promise<Whoami> {
+  return p.page.evaluate((ms) => Promise.race([
+    (globalThis as any).Package.meteor.Meteor.callAsync('whoami'),
+    new Promise((_, reject) => setTimeout(() => reject(new Error('whoami timed out')), ms)),
+  ]), timeoutMs) as Promise<Whoami>;
+}
+
+/** The `whoami` publication's document as the page shows it. */
+async function publishedInstance(p: AppPage, instance: string): Promise<void> {
+  await p.page.waitForFunction((id) => ((globalThis as any).document.getElementById('publication')?.textContent ?? '').includes(`"${id}"`), instance, { timeout: 20_000 });
+}
+
+/** The SockJS transport of the page's DDP connection ('websocket', 'xhr-polling', ...). */
+function transportOf(p: AppPage): Promise<string> {
+  return p.page.evaluate(() => String((globalThis as any).Package.meteor.Meteor.connection._stream.socket?.transport ?? 'none'));
+}
+
+/** Milliseconds from `since` to the page's first reconnection after it (from its status log). */
+async function reconnectedAfter(p: AppPage, since: number): Promise<{ ms: number; waitedForBackoff: boolean; log: string }> {
+  const log = await p.page.evaluate(() => (globalThis as any).statusLog as { t: number; status: string; retryCount: number; retryTime: number | null }[]);
+  const after = log.filter((e) => e.t >= since);
+  const back = after.find((e) => e.status === 'connected');
+  if (!back) throw new Error(`no reconnection in the page's status log: ${JSON.stringify(after)}`);
+  // Meteor's back-off (packages/retry): after two immediate retries it waits >= 3.6 s. Did the page sit that out?
+  const backoff = after.find((e) => e.status === 'waiting' && e.retryTime !== null && e.retryTime - e.t > 1000);
+  return {
+    ms: back.t - since,
+    waitedForBackoff: backoff !== undefined && backoff.retryTime !== null && back.t >= backoff.retryTime,
+    log: after.map((e) => `+${e.t - since}ms ${e.status}/${e.retryCount}${e.retryTime === null ? '' : ` retry at +${e.retryTime - since}ms`}`).join(', '),
+  };
+}
+
+describe('Real Meteor: examples built with meteor build, bundles run with node main.js', function () {
+  this.timeout(180_000);
+  let web: BuiltApp;
+  let search: BuiltApp;
+  let browser: Browser;
+  let packageDirs: string;
+
+  before(async function () {
+    this.timeout(40 * 60_000);
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (.ci/run does it)`);
+    const tool = await meteorTool();
+    figures.meteor = `${tool.bin} (${tool.source})`;
+    const tarball = await packTarball();
+    packageDirs = linkedPackageDirs();
+    web = await buildApp('meteor-app', { packageDirs });
+    search = await buildApp('meteor-npm-app', { tarball });
+    figures.buildSeconds = { 'meteor-app': Math.round(web.buildMs / 1000), 'meteor-npm-app': Math.round(search.buildMs / 1000) };
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  });
+
+  after(async () => {
+    process.stdout.write(`      figures: ${JSON.stringify(figures)}\n`);
+    await browser?.close().catch(() => undefined);
+    await killAll();
+  });
+
+  it('puts nothing Meteor writes into the linked checkout under version control', () => {
+    // `meteor build` with the checkout linked from METEOR_PACKAGE_DIRS wrote .npm/package/ into it.
+    assert.ok(fs.existsSync(path.join(packageDirs, 'ddp-cluster', '.npm', 'package')), 'Meteor wrote .npm/package into the checkout');
+    const ignored = fs.readFileSync(path.join(packageDirs, 'ddp-cluster', '.gitignore'), 'utf8').split('\n');
+    assert.ok(ignored.includes('.npm/'), '.gitignore covers .npm/');
+  });
+
+  describe('websocket: front door web-0, web-1..3 (Atmosphere path) and search-1 (npm path)', () => {
+    let cluster: Cluster;
+    let searchProc: MeteorProcess;
+    let context: BrowserContext;
+    const clients: WsDdpClient[] = [];
+    const frontPages: AppPage[] = [];
+
+    before(async function () {
+      this.timeout(180_000);
+      cluster = await startWeb(web, 'ws', 3);
+      const port = await freePort();
+      searchProc = await startBundle(search, 'search-1', port, memberEnv(cluster.db, 'ws', port));
+      await waitServing([searchProc, cluster.get('web-0')], ['web-1', 'web-2', 'web-3', 'search-1']);
+      context = await browser.newContext();
+    });
+
+    after(async () => {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      await context?.close().catch(() => undefined);
+    });
+
+    it('loads pages from every instance without errors, and their sessions spread over web-1..3', async () => {
+      const pages: AppPage[] = [];
+      for (const id of ['web-0', 'web-0', 'web-0', 'web-0', 'web-0', 'web-0', 'web-1', 'web-2', 'web-3']) {
+        pages.push(await openPage(context, cluster.get(id).url));
+      }
+      frontPages.push(...pages.slice(0, 6));
+      const served = await Promise.all(pages.map((p) => whoami(p)));
+      await Promise.all(pages.map((p, i) => publishedInstance(p, (served[i] as Whoami).instance)));
+      assert.deepEqual(pages.flatMap((p) => p.errors), [], 'no page errors');
+      assert.deepEqual(await Promise.all(pages.map(transportOf)), pages.map(() => 'websocket'));
+      const by = served.map((w) => w.instance);
+      figures.wsPagesByInstance = by;
+      assert.ok(!by.includes('web-0'), 'the front door (not registered) serves no session');
+      assert.deepEqual([...new Set(by)].sort(), ['web-1', 'web-2', 'web-3'], `sessions on every member: ${by.join()}`);
+      assert.ok(served.every((w) => w.clientAddress === '127.0.0.1'), `clientAddress: ${served.map((w) => w.clientAddress).join()}`);
+    });
+
+    it('answers methods and subscriptions with the client\'s own clientAddress, served here or through a hop', async () => {
+      const members = ['web-1', 'web-2', 'web-3'].map((id) => cluster.get(id));
+      const seen: string[] = [];
+      for (const entry of [cluster.get('web-0'), ...members]) {
+        // The plain /websocket of each instance, and each member's pinned path through this one (a forced hop).
+        const urls = [entry.url, ...members.filter((m) => m !== entry).map((m) => `${entry.url}/cluster-ddp/${endpointHash(m.url)}/web`)];
+        for (const url of urls) {
+          const c = await wsDdp(url, { localAddress: CLIENT_IP });
+          clients.push(c);
+          const w = (await c.call('whoami')) as Whoami;
+          const [doc] = await c.subscribe('whoami');
+          assert.equal(w.clientAddress, CLIENT_IP, `clientAddress via ${url} (served by ${w.instance})`);
+          assert.equal(doc?.fields.instance, w.instance, 'the publication runs where the method does');
+          if (url.includes('/cluster-ddp/')) assert.ok(url.includes(endpointHash(cluster.get(w.instance).url)), `${url} is served by the pinned member`);
+          seen.push(w.instance);
+        }
+      }
+      assert.deepEqual([...new Set(seen)].sort(), ['web-1', 'web-2', 'web-3']);
+    });
+
+    it('reaches the search service (npm path) with Cluster.discoverConnection, and Cluster.on/status work', async () => {
+      const c = await wsDdp(cluster.get('web-1').url);
+      clients.push(c);
+      const s = await eventually(() => c.call('searchWhoami').catch(() => undefined) as Promise<{ service: string; instance: string } | undefined>,
+        'searchWhoami to reach search-1', 30_000, 250);
+      assert.deepEqual([s.service, s.instance], ['search', 'search-1']);
+      const log = cluster.get('web-1');
+      await log.waitForLine(/^cluster: search-1 joined at http:\/\/127\.0\.0\.1:\d+$/, 'Cluster.on(\'join\') for search-1');
+      await log.waitForLine(/^cluster: web-1 is "web" on http:\/\/127\.0\.0\.1:\d+$/, 'Cluster.status() at onListening');
+    });
+
+    it('serves the npm-path app\'s pages, whose client imports ddp-cluster/client', async () => {
+      const p = await openPage(context, searchProc.url);
+      await p.page.waitForFunction(() => ((globalThis as any).document.getElementById('method')?.textContent ?? '').includes('search-1'), null, { timeout: 20_000 });
+      assert.equal(await p.page.evaluate(() => typeof (globalThis as any).ddpClusterClient?.discoverConnection), 'function');
+      assert.deepEqual(p.errors, []);
+      await p.page.close();
+    });
+
+    it('shows every member on the dashboard after a login', async () => {
+      const page = await context.newPage();
+      await page.goto(`${cluster.get('web-1').url}/cluster/`);
+      await page.getByLabel('Password').fill(PASSWORD);
+      await page.getByRole('button', { name: 'Log in' }).click();
+      for (const id of ['web-1', 'web-2', 'web-3', 'search-1']) await page.locator('#rows tr', { hasText: id }).first().waitFor();
+      await page.close();
+    });
+
+    it('kill -9 of a member: its pages reconnect to a survivor, the others keep their session', async () => {
+      const before = await Promise.all(frontPages.map((p) => whoami(p)));
+      const victimId = 'web-3';
+      const hit = frontPages.filter((_, i) => before[i]?.instance === victimId);
+      assert.ok(hit.length > 0, `some front-door pages are on ${victimId}: ${before.map((w) => w.instance).join()}`);
+      const killedAt = Date.now();
+      await cluster.get(victimId).kill('SIGKILL');
+      const after = await Promise.all(frontPages.map((p) => eventually(async () => {
+        const w = await whoami(p, 5000);
+        return w.instance !== victimId && w;
+      }, 'the page to be served by a survivor', 30_000, 100)));
+      const times = await Promise.all(hit.map(async (p) => (await reconnectedAfter(p, killedAt)).ms));
+      figures.wsKillReconnectMs = { median: median(times), max: Math.max(...times), pages: times.length };
+      frontPages.forEach((p, i) => {
+        const [b, a] = [before[i] as Whoami, after[i] as Whoami];
+        if (b.instance === victimId) assert.notEqual(a.instance, victimId);
+        else assert.equal(a.session, b.session, `a page on ${b.instance} kept its session`);
+      });
+    });
+
+    it('SIGTERM: the member drains its pages to the survivors, deregisters and exits', async () => {
+      const victim = cluster.get('web-2');
+      const before = await Promise.all(frontPages.map((p) => whoami(p)));
+      const hit = frontPages.filter((_, i) => before[i]?.instance === 'web-2');
+      assert.ok(hit.length > 0, `some front-door pages are on web-2: ${before.map((w) => w.instance).join()}`);
+      const at = Date.now();
+      victim.proc.kill('SIGTERM');
+      const exit = await victim.exited;
+      figures.sigtermExit = { ...exit, ms: Date.now() - at };
+      assert.ok(exit.signal === 'SIGTERM' || exit.code === 143, `exits as a SIGTERM'd process: ${JSON.stringify(exit)}`);
+      const after = await Promise.all(frontPages.map((p) => eventually(async () => {
+        const w = await whoami(p, 5000);
+        return w.instance === 'web-1' && w;
+      }, 'the page to be served by web-1', 30_000, 100)));
+      assert.equal(after.length, frontPages.length);
+      // Deregistered: gone from the registry, so from web-1's view at its next poll (a kill -9'd member stays, unhealthy, until cleanup).
+      await eventually(async () => !(await apiMembers(cluster.get('web-1'))).some((m) => m.id === 'web-2'), 'web-2 to leave web-1\'s view', 20_000, 200);
+      assert.ok(victim.logs.some((l) => /"event":"drain\./.test(l.line)), `web-2 logged its drain:\n${victim.tail()}`);
+    });
+  });
+
+  describe('xhr-polling: DISABLE_WEBSOCKETS=1 and HTTP_FORWARDED_COUNT=1', () => {
+    let cluster: Cluster;
+    let context: BrowserContext;
+
+    before(async function () {
+      this.timeout(180_000);
+      cluster = await startWeb(web, 'xhr', 2, () => ({ DISABLE_WEBSOCKETS: '1', HTTP_FORWARDED_COUNT: '1' }));
+      // A polling-only search member: web's server-side discoverConnection can't use it (websocket only).
+      const port = await freePort();
+      await startBundle(search, 'search-2', port, { ...memberEnv(cluster.db, 'xhr', port), DISABLE_WEBSOCKETS: '1' });
+      // Pages behind a proxy that says who the client is.
+      context = await browser.newContext({ extraHTTPHeaders: { 'x-forwarded-for': '198.51.100.7' } });
+    });
+
+    after(async () => {
+      await context?.close().catch(() => undefined);
+    });
+
+    it('runs pages over xhr-polling on every member, with the forwarded client address, and survives kill -9', async () => {
+      const pages: AppPage[] = [];
+      for (let i = 0; i < 6; i++) pages.push(await openPage(context, cluster.get('web-0').url));
+      const before = await Promise.all(pages.map((p) => whoami(p)));
+      await Promise.all(pages.map((p, i) => publishedInstance(p, (before[i] as Whoami).instance)));
+      assert.deepEqual(pages.flatMap((p) => p.errors), []);
+      assert.deepEqual([...new Set(await Promise.all(pages.map(transportOf)))], ['xhr-polling']);
+      assert.deepEqual([...new Set(before.map((w) => w.instance))].sort(), ['web-1', 'web-2'], `spread: ${before.map((w) => w.instance).join()}`);
+      assert.deepEqual([...new Set(before.map((w) => w.clientAddress))], ['198.51.100.7']);
+
+      const killedAt = Date.now();
+      await cluster.get('web-2').kill('SIGKILL');
+      const after = await Promise.all(pages.map((p) => eventually(async () => {
+        const w = await whoami(p, 5000);
+        return w.instance === 'web-1' && w;
+      }, 'the page to be served by web-1', 40_000, 100)));
+      const times = await Promise.all(pages.filter((_, i) => before[i]?.instance === 'web-2').map(async (p) => (await reconnectedAfter(p, killedAt)).ms));
+      figures.xhrKillReconnectMs = { median: median(times), max: Math.max(...times), pages: times.length };
+      pages.forEach((_, i) => {
+        if (before[i]?.instance === 'web-1') assert.equal(after[i]?.session, before[i]?.session, 'pages on web-1 kept their session');
+      });
+    });
+
+    it('gives raw xhr clients their forwarded address, served here or through a hop', async () => {
+      const front = cluster.get('web-0');
+      const member = cluster.get('web-1');
+      const opts = { headers: { 'x-forwarded-for': '203.0.113.9' }, localAddress: CLIENT_IP };
+      for (const base of [`${member.url}/sockjs`, `${front.url}/cluster-ddp/${endpointHash(member.url)}/web`]) {
+        const s = await rawXhrDdp(() => base, opts);
+        const w = (await s.call('whoami')) as Whoami;
+        assert.deepEqual([w.instance, w.clientAddress], ['web-1', '203.0.113.9'], `via ${base}`);
+      }
+    });
+
+    it('says why a server-side discoverConnection can\'t reach a polling-only service, with the fix', async () => {
+      const line = await cluster.get('web-1').waitForLine(/"event":"discover\.websocket_disabled"/, 'the discover.websocket_disabled error', 60_000);
+      assert.match(line, /"service":"search"/);
+      assert.match(line, /unset DISABLE_WEBSOCKETS/);
+    });
+  });
+
+  describe('pinned pages: CLUSTER_BALANCER_URL and CLUSTER_PIN_DDP_URL=1', () => {
+    let cluster: Cluster;
+    let context: BrowserContext;
+
+    before(async function () {
+      this.timeout(180_000);
+      cluster = await startWeb(web, 'pin', 2, (port) => ({ CLUSTER_BALANCER_URL: `http://127.0.0.1:${port}`, CLUSTER_PIN_DDP_URL: '1' }));
+      context = await browser.newContext();
+    });
+
+    after(async () => {
+      await context?.close().catch(() => undefined);
+    });
+
+    it('points each page at a member\'s balancer URL and, when it dies, falls back without Meteor\'s back-off', async () => {
+      const pages: AppPage[] = [];
+      for (let i = 0; i < 6; i++) pages.push(await openPage(context, cluster.get('web-0').url));
+      const pinned = await Promise.all(pages.map((p) => p.page.evaluate(() => (globalThis as any).__meteor_runtime_config__.DDP_DEFAULT_CONNECTION_URL as string)));
+      const members = new Map(['web-1', 'web-2'].map((id) => [cluster.get(id).url, id]));
+      const pinnedTo = pinned.map((u) => members.get(new URL(u).origin));
+      assert.ok(pinnedTo.every((id) => id !== undefined) && pinned.every((u) => /\/cluster-ddp\/[0-9a-f]{20}\/web$/.test(u)),
+        `pinned to a member's path on its balancer URL: ${pinned.join()}`);
+      const before = await Promise.all(pages.map((p) => whoami(p)));
+      assert.deepEqual(before.map((w) => w.instance), pinnedTo, 'each page is served by the member it is pinned to, without a hop');
+      assert.deepEqual(pages.flatMap((p) => p.errors), []);
+      // The pages whose connection goes to web-2's balancer URL lose it when web-2 dies.
+      const victim = 'web-2';
+      const hit = pages.filter((_, i) => pinnedTo[i] === victim);
+      assert.ok(hit.length > 0, `some pages pinned to ${victim}: ${pinned.join()}`);
+
+      const killedAt = Date.now();
+      await cluster.get(victim).kill('SIGKILL');
+      await Promise.all(hit.map((p) => eventually(async () => (await whoami(p, 5000)).instance === 'web-1', 'the page on web-1', 30_000, 100)));
+      const recovered = await Promise.all(hit.map((p) => reconnectedAfter(p, killedAt)));
+      figures.pinnedKillReconnectMs = { median: median(recovered.map((r) => r.ms)), max: Math.max(...recovered.map((r) => r.ms)), pages: hit.length };
+      assert.deepEqual(recovered.map((r) => r.waitedForBackoff), hit.map(() => false),
+        `no page waited for Meteor's back-off retry:\n${recovered.map((r) => r.log).join('\n')}`);
+    });
+  });
+
+  describe('meteor run (development mode)', () => {
+    it('starts examples/meteor-app and serves a DDP session through the balancer', async function () {
+      this.timeout(15 * 60_000);
+      const port = await freePort();
+      const db = uniqueDbUrl(mongo().url, 'm_run');
+      const t0 = Date.now();
+      // The endpoint is the tool's proxy, which passes everything on to the app's own port.
+      const proc = await meteorRun(web, port, {
+        MONGO_URL: db, CLUSTER_DISCOVERY_URL: db, CLUSTER_SECRET: TEST_SECRET, CLUSTER_ENDPOINT_URL: `http://127.0.0.1:${port}`,
+      }, packageDirs);
+      figures.meteorRunStartSeconds = Math.round((Date.now() - t0) / 1000);
+      try {
+        await proc.waitForLine(/"event":"cluster\.attached"/, 'the cluster to attach');
+        const c = await wsDdp(proc.url);
+        const w = (await c.call('whoami')) as Whoami;
+        assert.equal(w.clientAddress, '127.0.0.1');
+        const [doc] = await c.subscribe('whoami');
+        assert.equal(doc?.fields.session, w.session);
+        await c.close();
+        const health = await httpRequest('GET', `${proc.url}/cluster/health`);
+        assert.equal(health.status, 200);
+      } finally {
+        await proc.kill('SIGTERM');
+      }
+    });
+  });
+});

@@ -3,7 +3,8 @@
  * --server-only`, and their bundles started with `node main.js` (what Galaxy, mup and Docker run).
  *
  * The tool comes from, in order:
- *  1. METEOR_BIN — a `meteor` launcher (a user's own install, any 3.x);
+ *  1. METEOR_BIN — a `meteor` launcher (a user's own install, any 3.x; the source build too, with
+ *     METEOR_OFFLINE_CATALOG=1 as .ci/run sets it);
  *  2. `meteor` on PATH;
  *  3. ../shared/meteor/build.sh next to the checkout (Meteor 3.0.4 built from source, offline,
  *     ~3 min the first time and a no-op after), which .ci/run also runs;
@@ -54,7 +55,8 @@ export function meteorTool(): Promise<MeteorTool> {
 }
 
 async function findMeteor(): Promise<MeteorTool> {
-  // Root may run meteor only with this; the source build has no package catalog to update.
+  // Root may run meteor only with this. METEOR_OFFLINE_CATALOG passes through from the caller's
+  // environment (.ci/run sets it for the source build, which has no package catalog to refresh).
   const env = { ...process.env, METEOR_ALLOW_SUPERUSER: '1' };
   const given = process.env.METEOR_BIN;
   if (given) {

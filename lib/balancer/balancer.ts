@@ -16,6 +16,7 @@ import { PendingLoad } from './pending';
 import { Forwarder, isRefusal, type ProxyAttempt } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
+import { errorKind, type ErrorKind, type RouteReason } from '../reasons';
 
 /** What routing reads of a request: its headers (webapp's categorized requests have them too). */
 export type RequestLike = Pick<IncomingMessage, 'headers'>;
@@ -42,7 +43,8 @@ export interface BalancerStats {
   byTransport: Record<string, number>;
   /** Requests and upgrades forwarded to a peer, by transport. */
   proxiedByTransport: Record<string, number>;
-  byReason: Record<string, number>;
+  /** Routing decisions by `<action>:<reason>`; reasons are the fixed codes of lib/reasons.ts. */
+  byReason: Partial<Record<`${Decision['action']}:${RouteReason}`, number>>;
   sessionTable: number;
   openProxiedSockets: number;
 }
@@ -56,7 +58,7 @@ export interface BalancerDeps {
   readonly serveRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
   /** Passive health check: a connect to this member was refused or reset. */
-  readonly peerDown: (memberId: string, reason: string) => void;
+  readonly peerDown: (memberId: string, reason: ErrorKind) => void;
 }
 
 /** New sessions may be retried on another member at most this many times. */
@@ -255,7 +257,7 @@ export class Balancer {
     const s = this.#stats;
     const key = facts.kind === 'transport' ? facts.transport : facts.kind;
     s.byTransport[key] = (s.byTransport[key] ?? 0) + 1;
-    const reason = `${d.action}:${d.reason}`;
+    const reason = `${d.action}:${d.reason}` as const;
     s.byReason[reason] = (s.byReason[reason] ?? 0) + 1;
   }
 
@@ -311,8 +313,8 @@ export class Balancer {
           release();
           this.#stats.proxyErrors++;
           const refused = isRefusal(err);
-          if (refused && !touched) this.#d.peerDown(d.member.id, errCode(err));
-          this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', {
+          if (refused && !touched) this.#d.peerDown(d.member.id, errorKind(err));
+          this.#d.logger.once('warn', `proxy:${d.member.id}:${errorKind(err)}`, 'balancer.proxy_error', {
             to: d.member.endpoint, error: err, touched,
           });
           if (touched) return void res.destroy();
@@ -359,8 +361,8 @@ export class Balancer {
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           release();
           this.#stats.proxyErrors++;
-          if (isRefusal(err)) this.#d.peerDown(d.member.id, errCode(err));
-          this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
+          if (isRefusal(err)) this.#d.peerDown(d.member.id, errorKind(err));
+          this.#d.logger.once('warn', `proxy:${d.member.id}:${errorKind(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
           // A websocket upgrade always starts a session: nothing is lost by trying another member.
           if (tries < MAX_RETRIES && !socket.destroyed) {
             this.#stats.retries++;
@@ -421,11 +423,6 @@ function transportOf(facts: DdpFacts): string {
 function hasBody(req: IncomingMessage): boolean {
   const len = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
-}
-
-function errCode(err: Error): string {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' ? code : err.name;
 }
 
 export const UI_COOKIE = 'ddp-cluster-ui';

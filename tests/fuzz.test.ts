@@ -96,7 +96,7 @@ describe('fuzz: hostile requests against a balancer', function () {
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
     const junk = (n: number): string => Array.from({ length: n }, () => String.fromCharCode(33 + Math.floor(rnd() * 94))).join('');
     const keys = keysFrom(TEST_SECRET, null);
-    const capturedHop = makeHop(keys, 'GET', '/websocket', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', Date.now());
+    const capturedHop = makeHop(keys, 'GET', '/websocket', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', 'b', Date.now());
     const transports = ['websocket', 'xhr', 'xhr_send', 'xhr_streaming', 'eventsource', 'htmlfile', 'jsonp', 'jsonp_send', 'nope', '', '..'];
     const paths = (): string => {
       switch (Math.floor(rnd() * 14)) {
@@ -118,9 +118,9 @@ describe('fuzz: hostile requests against a balancer', function () {
     };
     const hopValues = (): string => pick([
       'garbage', `${junk(40)}.${junk(43)}`, capturedHop,
-      makeHop(keys, 'GET', '/elsewhere', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', Date.now()),
-      makeHop(keys, 'GET', '/websocket', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', Date.now() - 3_600_000),
-      makeHop(keysFrom('not-the-cluster-secret-xyz', null), 'GET', '/sockjs/info', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', Date.now()),
+      makeHop(keys, 'GET', '/elsewhere', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', 'b', Date.now()),
+      makeHop(keys, 'GET', '/websocket', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', 'b', Date.now() - 3_600_000),
+      makeHop(keysFrom('not-the-cluster-secret-xyz', null), 'GET', '/sockjs/info', { remoteAddress: '6.6.6.6', forwardedFor: null }, 'a', 'b', Date.now()),
     ]);
     const request = (): string => {
       const method = pick(['GET', 'GET', 'POST', 'OPTIONS', 'PUT', 'DELETE', junk(4)]);

@@ -3,9 +3,12 @@
  * isolated. Real instances, real sockets; each test names the finding it covers.
  */
 import assert from 'node:assert/strict';
+import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { ROUTE_REASONS } from '../lib/reasons';
-import { startCluster, type Instance } from './support/cluster';
-import { httpRequest } from './support/ddp-clients';
+import { keysFrom } from '../lib/sign';
+import { TEST_SECRET, startCluster, type Instance } from './support/cluster';
+import { httpRequest, wsDdp } from './support/ddp-clients';
+import type { WhoamiResult } from './support/ddp-app';
 import { mongo, uniqueDbUrl } from './support/mongo';
 
 const PASSWORD = 'hardening-dashboard-password';
@@ -53,5 +56,43 @@ describe('hardening (issue 12)', function () {
     const reasons = Object.keys(a.cluster.stats().byReason);
     for (const r of reasons) assert.ok((ROUTE_REASONS as readonly string[]).includes(r.slice(r.indexOf(':') + 1)), `unknown reason ${r}`);
     assert.ok(reasons.length <= 4 * ROUTE_REASONS.length);
+  });
+
+  it('2. a captured hop header is accepted once, by its target only: replayed on every instance it is refused', async () => {
+    const saved = process.env.HTTP_FORWARDED_COUNT;
+    process.env.HTTP_FORWARDED_COUNT = '0';
+    try {
+      cluster = await startCluster(['a', 'b', 'c'], url);
+      const [a, b, c] = cluster as [Instance, Instance, Instance];
+      const victim = { remoteAddress: '198.51.100.77', forwardedFor: null };
+      // What A sends to C when it proxies a raw websocket (the URL is the local one, /websocket).
+      const captured = makeHop(keysFrom(TEST_SECRET, null), 'GET', '/websocket', victim, 'a', 'c', Date.now());
+      const clientAddress = async (i: Instance): Promise<string | null> => {
+        const client = await wsDdp(i.url, { localAddress: '127.0.0.3', headers: { [HOP_HEADER]: captured } });
+        try {
+          return ((await client.call('whoami')) as WhoamiResult).clientAddress;
+        } finally {
+          await client.close();
+        }
+      };
+      // Replayed on another instance first (its replay cache has never seen the nonce), and on the
+      // instance that sent it: both refuse.
+      assert.equal(await clientAddress(b), '127.0.0.3', 'B is not the target');
+      assert.equal(await clientAddress(a), '127.0.0.3', 'A sent it: from = self');
+      assert.equal(await clientAddress(c), '198.51.100.77', 'C, its target, trusts it once');
+      assert.equal(await clientAddress(c), '127.0.0.3', 'C refuses the replay');
+      for (const i of cluster) assert.equal(i.cluster.stats().untrustedHops, 1, `${i.id} refused it once`);
+      assert.ok(b.logs.some((l) => l.includes('balancer.untrusted_hop') && l.includes('signed for another instance')));
+      assert.ok(a.logs.some((l) => l.includes('balancer.untrusted_hop') && l.includes('from this instance')));
+      // Real hops still verify: a session pinned through A to C.
+      const hashC = c.cluster.view().self!.endpointHash;
+      const via = await wsDdp(`${a.url}/cluster-ddp/${hashC}/web`, { localAddress: '127.0.0.4' });
+      const who = (await via.call('whoami')) as WhoamiResult;
+      await via.close();
+      assert.deepEqual([who.instanceId, who.clientAddress], ['c', '127.0.0.4']);
+    } finally {
+      if (saved === undefined) delete process.env.HTTP_FORWARDED_COUNT;
+      else process.env.HTTP_FORWARDED_COUNT = saved;
+    }
   });
 });

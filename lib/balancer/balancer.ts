@@ -219,7 +219,7 @@ export class Balancer {
     const value = req.headers[HOP_HEADER];
     if (value === undefined) return { kind: 'none' };
     delete req.headers[HOP_HEADER];
-    const check = checkHop(this.#d.keys, value, req.method ?? 'GET', req.url ?? '/', Date.now(), this.#replay.check);
+    const check = checkHop(this.#d.keys, value, req.method ?? 'GET', req.url ?? '/', this.selfId(), Date.now(), this.#replay.check);
     if (check.kind === 'trusted') this.#stats.hopsIn++;
     if (check.kind === 'untrusted') {
       this.#stats.untrustedHops++;
@@ -229,6 +229,11 @@ export class Balancer {
       });
     }
     return check;
+  }
+
+  /** This instance's id, as peers know it (the one hop headers are addressed to). */
+  private selfId(): string {
+    return this.#d.view().self?.id ?? this.#d.config.instanceId;
   }
 
   private route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
@@ -388,8 +393,7 @@ export class Balancer {
 
   private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean, fresh: boolean): ProxyAttempt {
     const client = clientViewOf(req);
-    const selfId = this.#d.view().self?.id ?? this.#d.config.instanceId;
-    const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, selfId, Date.now());
+    const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, this.selfId(), member.id, Date.now());
     const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
     return {
       target: new URL(member.endpoint),

@@ -95,4 +95,30 @@ describe('hardening (issue 12)', function () {
       else process.env.HTTP_FORWARDED_COUNT = saved;
     }
   });
+
+  it('3. base_url trusts X-Forwarded-Host/-Proto only as far as HTTP_FORWARDED_COUNT says; a balancer URL wins', async () => {
+    cluster = await startCluster(['a', 'b', 'c'], url, (id) => ({
+      // c serves another service, so a and b never pick it (its balancer URL would be their answer).
+      attach: id === 'b' ? { forwardedCount: 1 } : id === 'c' ? { balancerUrl: 'https://c.example.com', service: 'other', publicServices: ['web'] } : {},
+    }));
+    const [a, b, c] = cluster as [Instance, Instance, Instance];
+    const hostile = { host: 'app.example.com', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https' };
+    const baseUrl = (i: Instance, headers: Record<string, string>): Promise<string> => baseUrlAt(i, '/sockjs/info', headers);
+    const baseUrlAt = async (i: Instance, path: string, headers: Record<string, string>): Promise<string> => {
+      const r = await httpRequest('GET', `${i.url}${path}`, undefined, { headers });
+      assert.equal(r.status, 200);
+      return (JSON.parse(r.body) as { base_url: string }).base_url;
+    };
+    // Count 0 (unset): X-Forwarded-* ignored, the Host the client asked for is echoed.
+    for (let n = 0; n < 10; n++) assert.match(await baseUrl(a, hostile), /^http:\/\/app\.example\.com\/cluster-ddp\//);
+    // Count 1: the entry our one proxy wrote (the last one), not what the client sent before it.
+    for (let n = 0; n < 10; n++) {
+      assert.match(await baseUrl(b, { ...hostile, 'x-forwarded-host': 'evil.example, app.example.net', 'x-forwarded-proto': 'http, https' }),
+        /^https:\/\/app\.example\.net\/cluster-ddp\//);
+    }
+    // An instance with a configured balancer URL answers with it, whatever the headers, for its
+    // own sessions and for the peers it proxies to (here a and b, through the public service path).
+    for (let n = 0; n < 10; n++) assert.match(await baseUrl(c, hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\/other$/);
+    assert.match(await baseUrlAt(c, '/web/sockjs/info', hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\/web$/);
+  });
 });

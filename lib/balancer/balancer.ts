@@ -295,7 +295,7 @@ export class Balancer {
         this.#pending.add(d.member, Date.now());
         const c = this.#d.config;
         return sendInfo(req, res, { websocket: !c.disableWebsockets, cors: !c.disableSockjsCors, cookieNeeded: c.useJsessionid, pathPrefix: c.pathPrefix },
-          baseUrlFor(req, d.member, service, c.pathPrefix));
+          baseUrlFor(req, d.member, service, c.pathPrefix, c));
       }
       case 'serve':
         this.#stats.served++;

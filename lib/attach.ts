@@ -101,7 +101,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];
   // The app's own listeners: an exception they throw must not become an uncaught one.
   const appThrew = (err: unknown, req: IncomingMessage): void =>
-    logger.once('error', `app:${err instanceof Error ? err.message : String(err)}`, 'app.listener_threw', { error: err, url: req.url?.slice(0, 200) });
+    logger.once('error', 'app.listener_threw', 'app.listener_threw', { error: err, url: req.url?.slice(0, 200) });
   const serveRequest = (req: IncomingMessage, res: ServerResponse): void => {
     try {
       for (const l of requestListeners) l.call(server, req, res);

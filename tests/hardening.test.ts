@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { ROUTE_REASONS } from '../lib/reasons';
 import { keysFrom } from '../lib/sign';
-import { TEST_SECRET, startCluster, type Instance } from './support/cluster';
+import { TEST_SECRET, freePort, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
+import { eventually } from './support/wait';
 import { httpRequest, wsDdp } from './support/ddp-clients';
 import type { WhoamiResult } from './support/ddp-app';
 import { mongo, uniqueDbUrl } from './support/mongo';
@@ -120,5 +121,54 @@ describe('hardening (issue 12)', function () {
     // own sessions and for the peers it proxies to (here a and b, through the public service path).
     for (let n = 0; n < 10; n++) assert.match(await baseUrl(c, hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\/other$/);
     assert.match(await baseUrlAt(c, '/web/sockjs/info', hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\/web$/);
+  });
+
+  describe('4. app listeners that throw', () => {
+    let child: ChildInstance | null = null;
+    afterEach(async () => {
+      await child?.kill();
+      child = null;
+    });
+    const alive = (c: ChildInstance): boolean => c.proc.exitCode === null && c.proc.signalCode === null;
+
+    it('never stop the instance, the discovery loop or the balancer, and are not reported as an outage', async () => {
+      cluster = [await startInstance({ id: 'a', discoveryUrl: url })];
+      child = await spawnInstance('c', { CLUSTER_DISCOVERY_URL: url, CLUSTER_LOG_LEVEL: 'warn', TEST_THROWING_LISTENERS: '1' });
+      const c = child;
+      const [a] = cluster as [Instance];
+      await waitView(a.cluster, 'a sees c serving', (v) => v.byId.get('c')?.state === 'serving' && v.byId.get('c')!.healthy);
+      // Membership changes for c's listeners: a leaves, a2 joins.
+      await a.close();
+      cluster = [await startInstance({ id: 'a2', discoveryUrl: url })];
+      const [a2] = cluster as [Instance];
+      // c keeps heartbeating (a2 sees it join and stay healthy over several of its heartbeats) ...
+      await waitView(a2.cluster, 'a2 sees c', (v) => v.byId.get('c')?.healthy === true);
+      const seq0 = Date.now();
+      await eventually(() => a2.cluster.view().byId.get('c')?.healthy === true && Date.now() - seq0 > 3000 && alive(c), 'c alive for 3 s', 20_000);
+      // ... and serves, directly and as a balancer.
+      const ddp = await wsDdp(`${c.url}/cluster-ddp/${a2.cluster.view().self!.endpointHash}/web`);
+      assert.equal(((await ddp.call('whoami')) as WhoamiResult).instanceId, 'a2');
+      await ddp.close();
+      assert.ok(alive(c), 'c is alive');
+      const lines = c.logs.map((l) => l.line);
+      assert.ok(!lines.some((l) => l.includes('discovery.unreachable')), `no outage reported: ${lines.filter((l) => l.includes('discovery.')).slice(0, 2).join('\n')}`);
+      assert.ok(!lines.some((l) => /unhandled|uncaught/i.test(l)), 'no unhandled rejection or uncaught exception');
+      const threw = lines.filter((l) => l.includes('cluster.listener_threw'));
+      assert.ok(threw.some((l) => l.includes('"on":"view"')), 'the bug is logged, with the event');
+      // Once per event per minute, not once per call (view fires every heartbeat).
+      assert.ok(threw.length <= 7, `${threw.length} lines`);
+    });
+
+    it('outage listeners that throw during a discovery outage don\'t crash the instance', async () => {
+      const dead = `mongodb://127.0.0.1:${await freePort()}/nothing`;
+      child = await spawnInstance('d', { CLUSTER_DISCOVERY_URL: dead, CLUSTER_LOG_LEVEL: 'warn', TEST_THROWING_LISTENERS: '1' });
+      const d = child;
+      // The first failed connect (serverSelectionTimeoutMS 2 s) emits 'outage'; wait for its log line, then for the next attempt.
+      await eventually(() => d.logs.some((l) => l.line.includes('discovery.unreachable')), 'the outage is logged', 30_000);
+      await eventually(() => d.logs.some((l) => l.line.includes('cluster.listener_threw') && l.line.includes('"on":"outage"')), 'the listener bug is logged', 30_000);
+      const r = await httpRequest('GET', `${d.url}/cluster/health`);
+      assert.equal(r.status, 200);
+      assert.ok(alive(d), 'd is alive');
+    });
   });
 });

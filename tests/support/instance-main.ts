@@ -10,6 +10,18 @@ async function main(): Promise<void> {
   const cluster = attach(app.server, {
     endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(),
   });
+  // An app whose cluster event listeners are buggy (tests of issue 12): every listener throws, and
+  // an async one rejects.
+  if (process.env.TEST_THROWING_LISTENERS === '1') {
+    for (const event of ['view', 'join', 'leave', 'change', 'duplicate', 'outage', 'recovered'] as const) {
+      cluster.on(event, () => {
+        throw new Error(`app bug in a ${event} listener`);
+      });
+      cluster.on(event, async () => {
+        throw new Error(`async app bug in a ${event} listener`);
+      });
+    }
+  }
   process.stdout.write(`listening ${app.url}\n`);
   // SIGTERM/SIGINT: drain over CLUSTER_DRAIN_WINDOW, deregister, then exit (the app's own
   // shutdown runs after, as a Meteor app's would).

@@ -17,6 +17,7 @@ import { createDashboard } from './dashboard';
 import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
 import { viewFromMembers } from './discovery/view';
 import { drainSessions, type Closable, type DrainReport } from './drain';
+import { LocalSessions } from './local-sessions';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -150,6 +151,10 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const balancer = new Balancer({
     config, logger, keys, view: () => effective, random: options.random ?? Math.random, serveRequest, serveUpgrade,
     peerDown: (id, reason) => checker.markDown(id, reason),
+    // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
+    servedPoll: (sessionId, res) => res.once('finish', () => {
+      if (res.statusCode < 400) local.polled(sessionId, Date.now());
+    }),
   });
 
   let handle: ClusterHandle | null = null;
@@ -171,9 +176,6 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
           return health(res, registry, sessionCount(), config.capacity);
         case 'dashboard':
           return dashboard.handle(req, res, facts.sub);
-        case 'transport':
-          if (facts.pinned === null || facts.pinned === registry.view().self?.endpointHash) local.polled(facts.sessionId, Date.now());
-          return balancer.request(req, res, facts);
         default:
           return balancer.request(req, res, facts);
       }
@@ -308,36 +310,4 @@ function health(res: ServerResponse, registry: Registry, sessions: number, capac
     status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk,
     sessions, capacity, at: Date.now(),
   }));
-}
-
-/**
- * Fallback session count when the host doesn't provide one: websockets served here while open,
- * plus polling sessions served here that were active in the last minute.
- */
-class LocalSessions {
-  readonly #polls = new Map<string, number>();
-  readonly #sockets = new Set<Socket>();
-
-  websocket(socket: Socket): void {
-    this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
-  }
-
-  /** The websockets served here, closable by a drain. */
-  sockets(): Closable[] {
-    return [...this.#sockets].map((s) => ({ close: () => s.destroy() }));
-  }
-
-  polled(sessionId: string, now: number): void {
-    this.#polls.set(sessionId, now);
-  }
-
-  count(now: number): number {
-    this.prune(now);
-    return this.#sockets.size + this.#polls.size;
-  }
-
-  prune(now: number): void {
-    for (const [id, t] of this.#polls) if (now - t > 60_000) this.#polls.delete(id);
-  }
 }

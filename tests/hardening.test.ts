@@ -8,7 +8,7 @@ import { ROUTE_REASONS } from '../lib/reasons';
 import { keysFrom } from '../lib/sign';
 import { TEST_SECRET, freePort, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
-import { httpRequest, wsDdp } from './support/ddp-clients';
+import { httpRequest, rawXhrDdp, wsDdp } from './support/ddp-clients';
 import type { WhoamiResult } from './support/ddp-app';
 import { mongo, uniqueDbUrl } from './support/mongo';
 
@@ -170,5 +170,23 @@ describe('hardening (issue 12)', function () {
       assert.equal(r.status, 200);
       assert.ok(alive(d), 'd is alive');
     });
+  });
+
+  it('8. the fallback session count records only sessions served here that sockjs accepted', async () => {
+    // No sessionCount from the host: the balancer counts websockets and polls itself.
+    cluster = await startCluster(['a', 'b'], url, () => ({ attach: { sessionCount: undefined } }));
+    const [a, b] = cluster as [Instance, Instance];
+    await times(300, 10, async (i) => {
+      const r = await httpRequest('POST', `${a.url}/sockjs/1/junk${i}x/xhr_send`, '["x"]');
+      assert.equal(r.status, 404, 'sockjs knows no such session');
+    });
+    assert.deepEqual([a.cluster.stats().sessions, b.cluster.stats().sessions], [0, 0], 'junk session ids are not sessions');
+    // A real polling session, entering through a: counted once, where it is served.
+    const s = await rawXhrDdp(() => `${a.url}/sockjs`);
+    const who = (await s.call('whoami')) as WhoamiResult;
+    const here = who.instanceId === 'a' ? a : b;
+    const there = who.instanceId === 'a' ? b : a;
+    assert.equal(here.cluster.stats().sessions, 1);
+    assert.equal(there.cluster.stats().sessions, 0, 'not counted by the balancer that proxied it');
   });
 });

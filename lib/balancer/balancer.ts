@@ -59,6 +59,8 @@ export interface BalancerDeps {
   readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
   /** Passive health check: a connect to this member was refused or reset. */
   readonly peerDown: (memberId: string, reason: ErrorKind) => void;
+  /** A polling request of `sessionId` is served here (not proxied); `res` is its response. */
+  readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
 }
 
 /** New sessions may be retried on another member at most this many times. */
@@ -300,6 +302,7 @@ export class Balancer {
       case 'serve':
         this.#stats.served++;
         this.remember(facts, d, null);
+        if (facts.kind === 'transport') this.#d.servedPoll?.(facts.sessionId, res);
         return this.serveWeb(req, res, facts, hop);
       case 'proxy': {
         if (!again) {

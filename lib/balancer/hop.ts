@@ -127,31 +127,42 @@ export function applyClientView(req: IncomingMessage, client: ClientView): () =>
   };
 }
 
-/** Remembers nonces for the hop window so a captured header can't be replayed. Bounded. */
+/**
+ * Remembers nonces as long as a header carrying them could still verify, so a captured header
+ * can't be replayed. A header verifies while its time is within HOP_WINDOW_MS of ours, so a nonce
+ * first seen at `now` must be kept until at most `now + 2 * HOP_WINDOW_MS`: entries are kept in
+ * arrival order with that expiry, which is therefore in order too. A check drops the expired ones
+ * from the front (amortized O(1), never a scan of the map), and when the guard is full of live
+ * nonces the oldest go first (bounded memory under any flood).
+ */
 export class ReplayGuard {
   readonly #seen = new Map<string, number>();
   readonly #max: number;
+  readonly #now: () => number;
 
-  constructor(max = 200_000) {
+  constructor(max = 200_000, now: () => number = Date.now) {
     this.#max = max;
+    this.#now = now;
   }
 
   /** True when `nonce` was already used; records it otherwise. */
-  check = (nonce: string, t: number): boolean => {
+  check = (nonce: string, _t: number): boolean => {
+    const now = this.#now();
+    this.prune(now);
     if (this.#seen.has(nonce)) return true;
-    if (this.#seen.size >= this.#max) this.prune(Date.now());
-    // Still full of live nonces: drop the oldest rather than grow without bound.
     if (this.#seen.size >= this.#max) {
       const oldest = this.#seen.keys().next().value;
       if (oldest !== undefined) this.#seen.delete(oldest);
     }
-    this.#seen.set(nonce, t);
+    this.#seen.set(nonce, now + 2 * HOP_WINDOW_MS);
     return false;
   };
 
+  /** Drops expired nonces: the oldest first, stopping at the first live one. */
   prune(now: number): void {
-    for (const [nonce, t] of this.#seen) {
-      if (now - t > HOP_WINDOW_MS) this.#seen.delete(nonce);
+    for (const [nonce, expires] of this.#seen) {
+      if (expires >= now) break;
+      this.#seen.delete(nonce);
     }
   }
 

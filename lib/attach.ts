@@ -57,7 +57,8 @@ export interface ClusterHandle {
   /**
    * Rolling-deploy drain: advertise `draining` (peers stop sending new sessions within a
    * heartbeat), then close this instance's sessions gradually over CLUSTER_DRAIN_WINDOW.
-   * Resolves when all are closed; call close() after it to deregister.
+   * Resolves when all are closed; call close() after it to deregister. Calling it again (a CLI
+   * drain, then SIGTERM) returns the drain already running.
    */
   drain(options?: { windowMs?: number }): Promise<DrainReport>;
   /**
@@ -238,6 +239,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   logger.info('cluster.attached', { config: redactedConfig(config) });
 
   let closed: Promise<void> | null = null;
+  let draining: Promise<DrainReport> | null = null;
   handle = {
     config,
     logger,
@@ -259,20 +261,26 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     ready: () => registry.ready(),
     setState: (state) => registry.setState(state),
     drain(o = {}): Promise<DrainReport> {
+      // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
+      if (draining) return draining;
       registry.setState('draining');
       const windowMs = o.windowMs ?? config.drainWindowMs;
       logger.info('drain.start', { windowMs, sessions: sessionCount() });
-      return drainSessions({
+      // The websockets proxied through here when the drain began: their clients use this instance
+      // as their balancer and would otherwise all drop at once when it exits. Tunnels opened
+      // later belong to clients already moved once (this instance proxies every new session away
+      // now); they are left to the exit, so no client is disconnected twice by the drain.
+      const tunnels = new Set(balancer.tunnels());
+      draining = drainSessions({
         windowMs,
         noticeMs: config.heartbeatMs + config.healthIntervalMs,
-        // Sessions served here, and the websockets proxied through here (their clients use this
-        // instance as their balancer and would otherwise all drop at once when it exits).
-        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...balancer.tunnels()],
+        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...[...tunnels].filter((t) => t.open)],
         onBatch: (b) => logger.debug('drain.batch', { ...b }),
       }).then((report) => {
         logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
         return report;
       });
+      return draining;
     },
     pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
     on: (event, listener) => void registry.on(event, listener as never),

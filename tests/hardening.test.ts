@@ -8,6 +8,7 @@ import { ROUTE_REASONS } from '../lib/reasons';
 import { keysFrom } from '../lib/sign';
 import { TEST_SECRET, freePort, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
+import { RetryingDdpClient } from './support/retrying-client';
 import { httpRequest, rawXhrDdp, wsDdp } from './support/ddp-clients';
 import type { WhoamiResult } from './support/ddp-app';
 import { mongo, uniqueDbUrl } from './support/mongo';
@@ -188,5 +189,42 @@ describe('hardening (issue 12)', function () {
     const there = who.instanceId === 'a' ? b : a;
     assert.equal(here.cluster.stats().sessions, 1);
     assert.equal(there.cluster.stats().sessions, 0, 'not counted by the balancer that proxied it');
+  });
+
+  it('7. drain() is idempotent, and disconnects each client at most once (twice if it can only enter through the draining instance)', async () => {
+    cluster = await startCluster(['a', 'b', 'c'], url);
+    const [a, b] = cluster as [Instance, Instance];
+    const viaA = await Promise.all(Array.from({ length: 30 }, () => new RetryingDdpClient({ entries: [a.url], transport: 'ws' }).start()));
+    const viaB = await Promise.all(Array.from({ length: 30 }, () => new RetryingDdpClient({ entries: [b.url], transport: 'ws' }).start()));
+    const clients = [...viaA, ...viaB];
+    try {
+      await Promise.all(clients.map((c) => c.whoami()));
+      const onA = (): number => a.app.sessionCount() + a.cluster.stats().openProxiedSockets;
+      assert.ok(viaA.some((c) => c.instanceId !== 'a') && viaA.some((c) => c.instanceId === 'a'), 'some of a\'s clients are served by a, some proxied through it');
+      assert.ok(viaB.some((c) => c.instanceId === 'a'), 'some of b\'s clients are served by a');
+      // A CLI drain, then SIGTERM: one paced drain, not two.
+      const first = a.cluster.drain({ windowMs: 2000 });
+      const second = a.cluster.drain({ windowMs: 2000 });
+      const [r1, r2] = await Promise.all([first, second]);
+      assert.equal(r1, r2, 'the second drain() joins the first');
+      // Everyone is back (a's own clients through a, proxied to b or c).
+      await eventually(async () => (await Promise.all(clients.map((c) => c.whoami()))).every((w) => w !== undefined && w.instanceId !== 'a'), 'every client served elsewhere', 30_000);
+      const drainDisconnects = clients.map((c) => c.reconnects.length);
+      const maxViaA = Math.max(...drainDisconnects.slice(0, viaA.length));
+      const maxViaB = Math.max(...drainDisconnects.slice(viaA.length));
+      process.stdout.write(`      figures: ${JSON.stringify({ drainClosed: r1.closed, maxDisconnectsViaA: maxViaA, maxDisconnectsViaB: maxViaB, tunnelsLeftOnA: onA() })}\n`);
+      assert.ok(maxViaB <= 1, `clients entering through b were disconnected up to ${maxViaB} times`);
+      // Clients that can only enter through a: once by the drain (their session or tunnel) ...
+      assert.ok(maxViaA <= 1, `clients entering through a were disconnected up to ${maxViaA} times by the drain`);
+      // ... and once more when a exits (their new tunnel through a): twice at most.
+      for (const c of viaB) await c.close();
+      const exitMark = viaA.map((c) => c.reconnects.length);
+      const closing = a.close();
+      await closing;
+      cluster = cluster.filter((i) => i !== a);
+      for (const [n, c] of viaA.entries()) assert.ok((exitMark[n] as number) + 1 <= 2, `client ${n}: ${exitMark[n]} + 1 disconnects`);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
   });
 });

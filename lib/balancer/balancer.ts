@@ -13,7 +13,7 @@ import { classify, type DdpFacts, type RequestFacts } from './classify';
 import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, sendInfo } from './info';
 import { PendingLoad } from './pending';
-import { Forwarder, isRefusal, type ProxyAttempt } from './proxy';
+import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
 import { errorKind, type ErrorKind, type RouteReason } from '../reasons';
@@ -183,7 +183,7 @@ export class Balancer {
   }
 
   /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */
-  tunnels(): { close(): void }[] {
+  tunnels(): Tunnel[] {
     return this.#forwarder.tunnels();
   }
 

@@ -29,6 +29,12 @@ export interface ProxyAttempt {
   readonly fresh: boolean;
 }
 
+/** A proxied websocket, as a drain sees it. */
+export interface Tunnel {
+  close(): void;
+  readonly open: boolean;
+}
+
 /** Called with the error and whether the client already got bytes (then it can't be retried). */
 export type ProxyFailure = (err: Error, clientTouched: boolean) => void;
 
@@ -127,8 +133,8 @@ export class Forwarder {
   }
 
   /** The open proxied websockets, each closable (a drain closes them, paced, with the rest). */
-  tunnels(): { close(): void }[] {
-    return [...this.#upgrades].map((s) => ({ close: () => s.destroy() }));
+  tunnels(): Tunnel[] {
+    return [...this.#upgrades].map((s) => ({ close: () => s.destroy(), get open() { return !s.destroyed; } }));
   }
 
   close(): void {

@@ -3,6 +3,7 @@
  * isolated. Real instances, real sockets; each test names the finding it covers.
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { ROUTE_REASONS } from '../lib/reasons';
 import { keysFrom } from '../lib/sign';
@@ -226,5 +227,33 @@ describe('hardening (issue 12)', function () {
     } finally {
       await Promise.all(clients.map((c) => c.close()));
     }
+  });
+
+  // Finding 5 did not reproduce: when the client is gone before the peer's 101 arrives, piping the
+  // ended client socket into the upstream ends it, the peer closes, and the tunnel is released
+  // (this test passed before any change). It stays as a regression test.
+  it('5. a proxied upgrade whose client leaves mid-handshake leaves no tunnel on the entry and no connection on the peer', async () => {
+    cluster = await startCluster(['a', 'b'], url);
+    const [a, b] = cluster as [Instance, Instance];
+    const hashB = b.cluster.view().self!.endpointHash;
+    const handshake = `GET /cluster-ddp/${hashB}/web/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+      + 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
+    const port = Number(new URL(a.url).port);
+    const connectionsOf = (i: Instance): Promise<number> => new Promise((resolve) => i.app.server.getConnections((_e, n) => resolve(n)));
+    // Peers' health checks keep one connection each to b.
+    const baseline = await connectionsOf(b);
+    await times(20, 5, () => new Promise<void>((resolve) => {
+      // The client sends its handshake and leaves before the peer can answer.
+      const socket = net.connect(port, '127.0.0.1', () => socket.end(handshake, () => {
+        socket.destroy();
+        resolve();
+      }));
+      socket.on('error', () => resolve());
+    }));
+    await eventually(() => a.cluster.stats().hopsOut >= 20, 'a forwarded the 20 handshakes');
+    await eventually(async () => a.cluster.stats().openProxiedSockets === 0 && a.cluster.stats().pendingProxies === 0 && (await connectionsOf(b)) <= baseline,
+      'no tunnel left on a and no connection left on b', 10_000).catch(async (err: Error) => {
+      throw new Error(`${err.message}: ${JSON.stringify({ tunnels: a.cluster.stats().openProxiedSockets, pending: a.cluster.stats().pendingProxies, bConnections: await connectionsOf(b), baseline })}`);
+    });
   });
 });

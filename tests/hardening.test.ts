@@ -256,4 +256,44 @@ describe('hardening (issue 12)', function () {
       throw new Error(`${err.message}: ${JSON.stringify({ tunnels: a.cluster.stats().openProxiedSockets, pending: a.cluster.stats().pendingProxies, bConnections: await connectionsOf(b), baseline })}`);
     });
   });
+
+  it('6. an xhr_send on a kept-alive peer socket that the peer just closed is replayed once, not answered 502', async () => {
+    // b's endpoint is a relay that resets a reused connection on its next request: what a peer
+    // closing an idle kept-alive socket looks like to the request written on it.
+    const bPort = await freePort();
+    let resetReused = false;
+    const resets: string[] = [];
+    const relay = net.createServer((client) => {
+      const upstream = net.connect(bPort, '127.0.0.1');
+      let answered = false;
+      upstream.on('data', () => void (answered = true));
+      client.on('data', (chunk: Buffer) => {
+        if (resetReused && answered) {
+          resets.push(chunk.toString('latin1', 0, 60).split('\r\n')[0] ?? '');
+          client.resetAndDestroy();
+          upstream.destroy();
+        }
+      });
+      client.pipe(upstream).pipe(client);
+      for (const s of [client, upstream]) s.on('error', () => undefined);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const relayUrl = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
+    try {
+      cluster = await startCluster(['a', 'b'], url, (id) => (id === 'b' ? { port: bPort, attach: { endpointUrl: relayUrl } } : {}));
+      const [a, b] = cluster as [Instance, Instance];
+      const hashB = b.cluster.view().self!.endpointHash;
+      // Keep-alive, as browsers send it (a's connections to b are then kept alive too).
+      const session = await rawXhrDdp(() => `${a.url}/cluster-ddp/${hashB}/web/sockjs`, { headers: { connection: 'keep-alive' } });
+      for (let n = 0; n < 3; n++) assert.equal(((await session.call('whoami')) as WhoamiResult).instanceId, 'b');
+      resetReused = true;
+      for (let n = 0; n < 3; n++) assert.equal(((await session.call('whoami')) as WhoamiResult).instanceId, 'b', `call ${n} with resets`);
+      assert.ok(resets.some((l) => l.includes('xhr_send')), `an xhr_send was reset: ${JSON.stringify(resets)}`);
+      assert.equal(a.cluster.stats().proxyErrors, a.cluster.stats().retries, 'every reset was retried');
+    } finally {
+      relay.close();
+    }
+  });
 });

@@ -90,6 +90,8 @@ export class Balancer {
   #pendingProxies = 0;
   /** The session-table owner as it was when a request arrived, for its retries. */
   readonly #ownerAtStart = new WeakMap<RequestLike, string | null>();
+  /** Bodies of sends read before proxying, so a reset before any answer can replay them. */
+  readonly #bodies = new WeakMap<IncomingMessage, Buffer>();
   readonly #origins: ReadonlySet<string>;
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
 
@@ -313,10 +315,18 @@ export class Balancer {
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;
         req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
+        // A send's body is read first (small ones only), so a reset before any answer can replay it.
+        if (!again && tries === 0 && !this.#bodies.has(req) && bufferable(req, facts)) {
+          return void readBody(req, MAX_REPLAY_BODY).then((body) => {
+            this.#bodies.set(req, body);
+            this.actWeb(req, res, facts, hop, d, tries, excluded, again);
+          }, () => reply(res, 400, 'bad request body'));
+        }
         const release = this.admit();
         if (release === null) return reply(res, 503, 'balancer overloaded');
         res.once('close', release);
-        const attempt = this.attempt(req, d.member, facts, tries > 0 || again, again);
+        const body = this.#bodies.get(req) ?? null;
+        const attempt = this.attempt(req, d.member, facts, body ?? (tries > 0 || again ? EMPTY : null), again);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
           release();
           this.#stats.proxyErrors++;
@@ -328,7 +338,7 @@ export class Balancer {
           if (touched) return void res.destroy();
           // A reset before any answer, typically a kept-alive connection the peer had just closed,
           // says nothing about the peer: try it once more on a new connection.
-          if (!refused && !again && !hasBody(req)) {
+          if (!refused && !again && (!hasBody(req) || body !== null)) {
             this.#stats.retries++;
             return this.actWeb(req, res, facts, hop, d, tries, excluded, true);
           }
@@ -365,7 +375,7 @@ export class Balancer {
         const release = this.admit();
         if (release === null) return rejectUpgrade(socket, 503, 'balancer overloaded');
         socket.once('close', release);
-        const attempt = this.attempt(req, d.member, facts, false, true);
+        const attempt = this.attempt(req, d.member, facts, null, true);
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           release();
           this.#stats.proxyErrors++;
@@ -394,7 +404,7 @@ export class Balancer {
     this.#d.serveRequest(req, res);
   }
 
-  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean, fresh: boolean): ProxyAttempt {
+  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, body: Buffer | null, fresh: boolean): ProxyAttempt {
     const client = clientViewOf(req);
     const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, this.selfId(), member.id, Date.now());
     const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
@@ -402,13 +412,43 @@ export class Balancer {
       target: new URL(member.endpoint),
       headers: { [HOP_HEADER]: hop },
       timeoutMs: streaming ? 0 : POLL_TIMEOUT_MS,
-      emptyBody,
+      body,
       fresh,
     };
   }
 }
 
 const SENDS = new Set(['xhr_send', 'jsonp_send']);
+const EMPTY = Buffer.alloc(0);
+/** Send bodies up to this size are read before proxying and replayed once after a reset; larger ones stream. */
+const MAX_REPLAY_BODY = 256 * 1024;
+
+/** A send with a declared, small body: worth reading first so it can be replayed. */
+function bufferable(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }): boolean {
+  if (facts.kind !== 'transport' || !SENDS.has(facts.transport)) return false;
+  if (req.headers['transfer-encoding'] !== undefined) return false;
+  const len = Number(req.headers['content-length']);
+  return Number.isInteger(len) && len > 0 && len <= MAX_REPLAY_BODY;
+}
+
+function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > max) {
+        req.destroy();
+        reject(new Error('body too large'));
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+    req.on('aborted', () => reject(new Error('aborted')));
+  });
+}
 
 /**
  * May a request that failed before any byte reached the client go to another member? New

@@ -23,8 +23,8 @@ export interface ProxyAttempt {
   readonly headers: Readonly<Record<string, string>>;
   /** Upstream inactivity limit; 0 for none (streaming transports). */
   readonly timeoutMs: number;
-  /** Send an empty body instead of piping `req` (a retry after `req` was consumed). */
-  readonly emptyBody: boolean;
+  /** Send this body instead of piping `req` (it was read first, or consumed by a failed attempt); null: pipe `req`. */
+  readonly body: Buffer | null;
   /** Use a new connection rather than a kept-alive one (after a reset on a reused one). */
   readonly fresh: boolean;
 }
@@ -40,8 +40,8 @@ export type ProxyFailure = (err: Error, clientTouched: boolean) => void;
 
 export class Forwarder {
   readonly #proxy = createProxyServer({ xfwd: false, ws: false, prependPath: false });
-  readonly #httpAgent = new http.Agent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
-  readonly #httpsAgent = new https.Agent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
+  readonly #httpAgent = new IdleAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
+  readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
   readonly #answered = new WeakMap<IncomingMessage, () => void>();
 
@@ -64,7 +64,7 @@ export class Forwarder {
       agent: attempt.fresh ? false : secure ? this.#httpsAgent : this.#httpAgent,
       headers: attempt.headers,
       proxyTimeout: attempt.timeoutMs || undefined,
-      buffer: attempt.emptyBody ? Readable.from([]) : undefined,
+      buffer: attempt.body === null ? undefined : Readable.from(attempt.body.length > 0 ? [attempt.body] : []),
       secure: true,
     }, (err: Error) => onFail(err, res.headersSent));
   }
@@ -142,6 +142,42 @@ export class Forwarder {
     this.#httpAgent.destroy();
     this.#httpsAgent.destroy();
     this.#proxy.close();
+  }
+}
+
+/**
+ * Kept-alive connections to peers are dropped after this long idle: below the 5 s after which
+ * Node (and so Meteor) closes an idle keep-alive connection, so a request is rarely written on a
+ * connection the peer is closing (and one that is gets replayed: see the balancer).
+ */
+export const PEER_IDLE_MS = 4000;
+
+/** An agent whose free sockets time out after PEER_IDLE_MS (the agent then destroys them); in use, the request's own timeout applies. */
+class IdleAgent extends http.Agent {
+  // Node returns whether the socket is kept (its types say void).
+  override keepSocketAlive(socket: Socket): void {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+    return kept as void;
+  }
+
+  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+    socket.setTimeout(0);
+    super.reuseSocket(socket, req);
+  }
+}
+
+class IdleHttpsAgent extends https.Agent {
+  // Node returns whether the socket is kept (its types say void).
+  override keepSocketAlive(socket: Socket): void {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+    return kept as void;
+  }
+
+  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+    socket.setTimeout(0);
+    super.reuseSocket(socket, req);
   }
 }
 

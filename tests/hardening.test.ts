@@ -296,4 +296,30 @@ describe('hardening (issue 12)', function () {
       relay.close();
     }
   });
+
+  it('9a. a proxied page that sets its own cookie keeps the UI-affinity cookie too', async () => {
+    cluster = await startCluster(['a', 'b'], url, (id) => ({ attach: id === 'a' ? { service: 'api', uiService: 'web' } : { uiService: 'web' } }));
+    const [a] = cluster as [Instance];
+    const r = await httpRequest('GET', `${a.url}/login?set-app-cookie=1`);
+    assert.equal(r.status, 200);
+    assert.match(r.body, /^app b /, 'the page came from b');
+    const cookies = r.headers['set-cookie'] ?? [];
+    assert.ok(cookies.some((c) => c.startsWith('app-session=b')), `the app's cookie: ${JSON.stringify(cookies)}`);
+    assert.ok(cookies.some((c) => c.startsWith('ddp-cluster-ui=')), `the affinity cookie: ${JSON.stringify(cookies)}`);
+  });
+
+  it('9b. re-deriving the view (a state change) does not add the heartbeat age to peers\' serving time again', async () => {
+    cluster = await startCluster(['a', 'b'], url);
+    const [a] = cluster as [Instance];
+    await eventually(() => (a.cluster.view().byId.get('b')?.heartbeatAgeMs ?? 0) > 0, 'b has a heartbeat age');
+    const before = a.cluster.view().byId.get('b')!;
+    for (let n = 0; n < 10; n++) a.cluster.setState(n % 2 === 0 ? 'draining' : 'serving');
+    const after = a.cluster.view().byId.get('b')!;
+    if (after.heartbeatAt === before.heartbeatAt) {
+      assert.ok(Math.abs(after.servingMs - before.servingMs) <= 1, `serving time ${before.servingMs} → ${after.servingMs} (age ${before.heartbeatAgeMs})`);
+    } else {
+      // A poll came in between: serving time then only grows by the time that passed.
+      assert.ok(after.servingMs - before.servingMs < 5000, `serving time ${before.servingMs} → ${after.servingMs}`);
+    }
+  });
 });

@@ -311,7 +311,6 @@ export class Balancer {
           this.countProxied(facts);
           this.remember(facts, d, d.member);
         }
-        if (d.setCookie && !again) setUiCookie(res, d.member.endpointHash);
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;
         req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
@@ -326,7 +325,7 @@ export class Balancer {
         if (release === null) return reply(res, 503, 'balancer overloaded');
         res.once('close', release);
         const body = this.#bodies.get(req) ?? null;
-        const attempt = this.attempt(req, d.member, facts, body ?? (tries > 0 || again ? EMPTY : null), again);
+        const attempt = this.attempt(req, d.member, facts, body ?? (tries > 0 || again ? EMPTY : null), again, d.setCookie);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
           release();
           this.#stats.proxyErrors++;
@@ -404,7 +403,8 @@ export class Balancer {
     this.#d.serveRequest(req, res);
   }
 
-  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, body: Buffer | null, fresh: boolean): ProxyAttempt {
+  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, body: Buffer | null, fresh: boolean,
+    setCookie = false): ProxyAttempt {
     const client = clientViewOf(req);
     const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, this.selfId(), member.id, Date.now());
     const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
@@ -414,6 +414,7 @@ export class Balancer {
       timeoutMs: streaming ? 0 : POLL_TIMEOUT_MS,
       body,
       fresh,
+      setCookie: setCookie ? uiCookieFor(member.endpointHash) : null,
     };
   }
 }
@@ -482,9 +483,9 @@ function uiCookie(req: RequestLike): string | null {
   return value !== undefined && /^[0-9a-f]{8,64}$/.test(value) ? value : null;
 }
 
-function setUiCookie(res: ServerResponse, hash: string): void {
+function uiCookieFor(hash: string): string {
   // Affinity for an hour: long enough for a visit, short enough not to skew the spread for long.
-  res.appendHeader('Set-Cookie', serializeCookie(UI_COOKIE, hash, { path: '/', maxAge: 3600, httpOnly: true, sameSite: 'lax' }));
+  return serializeCookie(UI_COOKIE, hash, { path: '/', maxAge: 3600, httpOnly: true, sameSite: 'lax' });
 }
 
 export function reply(res: ServerResponse, status: number, message: string): void {

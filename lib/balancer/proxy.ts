@@ -27,6 +27,8 @@ export interface ProxyAttempt {
   readonly body: Buffer | null;
   /** Use a new connection rather than a kept-alive one (after a reset on a reused one). */
   readonly fresh: boolean;
+  /** A Set-Cookie to add to the peer's answer, next to the ones it sets itself. */
+  readonly setCookie?: string | null;
 }
 
 /** A proxied websocket, as a drain sees it. */
@@ -44,11 +46,19 @@ export class Forwarder {
   readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
   readonly #answered = new WeakMap<IncomingMessage, () => void>();
+  readonly #cookies = new WeakMap<IncomingMessage, string>();
 
   constructor() {
     // A proxy error without a callback would be emitted here; never let it become an uncaught 'error'.
     this.#proxy.on('error', () => undefined);
-    this.#proxy.on('proxyRes', (_proxyRes: IncomingMessage, req: IncomingMessage) => {
+    this.#proxy.on('proxyRes', (proxyRes: IncomingMessage, req: IncomingMessage) => {
+      // Emitted before http-proxy-3 copies the peer's headers onto the response (setHeader, which
+      // would replace a cookie set earlier): add ours to the peer's own.
+      const cookie = this.#cookies.get(req);
+      if (cookie !== undefined) {
+        this.#cookies.delete(req);
+        proxyRes.headers['set-cookie'] = [...(proxyRes.headers['set-cookie'] ?? []), cookie];
+      }
       const cb = this.#answered.get(req);
       this.#answered.delete(req);
       cb?.();
@@ -58,6 +68,7 @@ export class Forwarder {
   /** `onAnswer` runs when the peer's response headers arrive. */
   web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void = () => undefined): void {
     this.#answered.set(req, onAnswer);
+    if (attempt.setCookie) this.#cookies.set(req, attempt.setCookie);
     const secure = attempt.target.protocol === 'https:';
     this.#proxy.web(req, res, {
       target: attempt.target.origin,

@@ -450,7 +450,10 @@ export class Registry extends EventEmitter<RegistryEvents> {
 function entryOf(m: Member): EntryDoc {
   return {
     _id: m.id, service: m.service, endpoint: m.endpoint, endpointHash: m.endpointHash, balancer: m.balancer,
-    state: m.state, appVersion: m.appVersion, pkgVersion: m.pkgVersion, host: m.host, pid: m.pid, servingMs: m.servingMs,
+    state: m.state, appVersion: m.appVersion, pkgVersion: m.pkgVersion, host: m.host, pid: m.pid,
+    // memberFrom adds the observed age to the reported serving time: take it out again, so a
+    // re-derived view doesn't count it twice.
+    servingMs: m.state === 'serving' ? Math.max(0, m.servingMs - m.heartbeatAgeMs) : 0,
     startedAt: new Date(m.startedAt), heartbeatAt: new Date(m.heartbeatAt), heartbeatMs: m.heartbeatMs, seq: 0, load: m.load, sig: null,
   };
 }

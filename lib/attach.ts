@@ -134,9 +134,13 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     effective = overlayHealth(v, (id) => checker.status(id), config.staleMs, (members) => viewFromMembers(members, v));
   };
   registry.on('view', recompute);
-  checker.on('change', (id, status) => {
+  checker.on('change', (id, status, before) => {
     recompute();
-    logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
+    // Peers start up (their heartbeat vouches for them): only a change of up/down is news. A
+    // failed check that doesn't reach `fall` yet is not "up".
+    if ((before?.up ?? true) !== status.up) {
+      logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
+    }
   });
   // Fresher load figures from a round of checks: one rebuild per round, not per peer.
   let pendingRecompute = false;

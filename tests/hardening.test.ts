@@ -322,4 +322,16 @@ describe('hardening (issue 12)', function () {
       assert.ok(after.servingMs - before.servingMs < 5000, `serving time ${before.servingMs} → ${after.servingMs}`);
     }
   });
+
+  it('10. a failed health check is never logged as health.up', async () => {
+    cluster = await startCluster(['a', 'b'], url);
+    const [a, b] = cluster as [Instance, Instance];
+    await eventually(() => a.logs.some((l) => l.includes('"health.') ) || a.cluster.stats().health.b?.reason === 'ok', 'a checked b');
+    // b stops answering (its registry entry keeps heartbeating).
+    b.app.server.close();
+    b.app.server.closeAllConnections();
+    await eventually(() => a.logs.some((l) => l.includes('"event":"health.down"') && l.includes('"member":"b"')), 'a logs b down');
+    const ups = a.logs.filter((l) => l.includes('"event":"health.up"'));
+    assert.deepEqual(ups.filter((l) => !l.includes('"reason":"ok"')), [], 'health.up only with a good check');
+  });
 });

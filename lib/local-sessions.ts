@@ -1,6 +1,9 @@
 import type { Socket } from 'node:net';
 import type { Closable } from './drain';
 
+/** Polling sessions the fallback count remembers at most. */
+export const LOCAL_POLLS_MAX = 100_000;
+
 /**
  * Fallback session count when the host doesn't provide one: websockets served here while open,
  * plus polling sessions served here (that sockjs accepted) active within `idleMs`. The poll table
@@ -12,7 +15,7 @@ export class LocalSessions {
   readonly #maxPolls: number;
   readonly #idleMs: number;
 
-  constructor(maxPolls = 100_000, idleMs = 60_000) {
+  constructor(maxPolls = LOCAL_POLLS_MAX, idleMs = 60_000) {
     this.#maxPolls = maxPolls;
     this.#idleMs = idleMs;
   }

@@ -73,7 +73,9 @@ const STREAMING = new Set(['xhr_streaming', 'eventsource', 'htmlfile', 'websocke
  * flood (or a stalled peer) can't pile up sockets and memory without bound. Long polls that are
  * already answered-and-streaming don't count.
  */
-const MAX_PENDING = 10_000;
+export const MAX_PENDING = 10_000;
+/** Sessions this balancer remembers the member of (least recently used go first). */
+export const SESSION_TABLE_MAX = 200_000;
 
 export class Balancer {
   readonly #d: BalancerDeps;
@@ -107,7 +109,7 @@ export class Balancer {
       slowStartMs: c.slowStartMs,
     };
     this.#pending = new PendingLoad(Math.max(10_000, 5 * c.heartbeatMs));
-    this.#sessions = new SessionTable(c.staleMs + 90_000, 200_000);
+    this.#sessions = new SessionTable(c.staleMs + 90_000, SESSION_TABLE_MAX);
     this.#classifyOptions = { pathPrefix: c.pathPrefix, dashboardPath: c.dashboardPath };
     this.#origins = new Set(c.allowedOrigins);
   }

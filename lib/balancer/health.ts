@@ -1,6 +1,6 @@
 /**
  * Active health checks of peers (HAProxy-style interval, timeout, fall and rise) plus passive
- * detection: a refused or reset connect marks a peer down at once. The registry's heartbeat says
+ * detection: a refused connect marks a peer down at once (a reset doesn't: it is retried). The registry's heartbeat says
  * "alive as of a second ago"; the check says "reachable from here now", which also covers a peer
  * that a partition hides from this balancer only.
  */

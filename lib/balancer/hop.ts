@@ -127,6 +127,9 @@ export function applyClientView(req: IncomingMessage, client: ClientView): () =>
   };
 }
 
+/** Nonces the replay guard remembers at most. */
+export const REPLAY_MAX = 200_000;
+
 /**
  * Remembers nonces as long as a header carrying them could still verify, so a captured header
  * can't be replayed. A header verifies while its time is within HOP_WINDOW_MS of ours, so a nonce
@@ -140,7 +143,7 @@ export class ReplayGuard {
   readonly #max: number;
   readonly #now: () => number;
 
-  constructor(max = 200_000, now: () => number = Date.now) {
+  constructor(max = REPLAY_MAX, now: () => number = Date.now) {
     this.#max = max;
     this.#now = now;
   }

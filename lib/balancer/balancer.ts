@@ -126,6 +126,14 @@ export class Balancer {
     const excluded = new Set<string>();
     const decision = this.route(req, facts, hop, excluded);
     this.count(facts, decision);
+    // A session whose request its member refused (sockjs: 404 unknown session, 405 wrong method)
+    // is not worth remembering: junk session ids must not fill the session table.
+    if (facts.kind === 'transport') {
+      const sessionId = facts.sessionId;
+      res.once('finish', () => {
+        if (res.statusCode >= 400 && res.statusCode < 500) this.#sessions.delete(sessionId);
+      });
+    }
     this.actWeb(req, res, facts, hop, decision, 0, excluded, false);
   }
 

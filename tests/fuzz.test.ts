@@ -12,7 +12,7 @@ import vm from 'node:vm';
 import { MongoClient } from 'mongodb';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { endpointHash, keysFrom } from '../lib/sign';
-import { TEST_SECRET, startCluster, type Instance } from './support/cluster';
+import { TEST_SECRET, spawnInstance, startCluster, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { wsDdp } from './support/ddp-clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { eventually } from './support/wait';
@@ -55,7 +55,11 @@ describe('fuzz: hostile requests against a balancer', function () {
   let sentinel: http.Server;
   let sentinelHits = 0;
 
+  let child: ChildInstance | null = null;
+
   afterEach(async () => {
+    await child?.kill();
+    child = null;
     await Promise.all(cluster.map((i) => i.close()));
     sentinel.closeAllConnections();
     sentinel.close();
@@ -79,8 +83,22 @@ describe('fuzz: hostile requests against a balancer', function () {
     const url = uniqueDbUrl(mongo().url, 'fuzz');
     cluster = await startCluster(['a', 'b'], url, () => ({ attach: { dashboardPassword: 'fuzz-dashboard-password' } }));
     const [a, b] = cluster as [Instance, Instance];
+    // A third member in a process of its own, whose memory (RSS) is its own: it reports it on SIGUSR2.
+    child = await spawnInstance('c', {
+      CLUSTER_DISCOVERY_URL: url, CLUSTER_DASHBOARD_PASSWORD: 'fuzz-dashboard-password', TEST_MEMORY_REPORT: '1',
+    });
+    const c = child;
+    const cPort = Number(new URL(c.url).port);
+    await Promise.all(cluster.map((i) => waitView(i.cluster, `${i.id} sees c`, (v) => v.byId.get('c')?.state === 'serving' && v.byId.get('c')!.healthy)));
+    const childMemory = async (): Promise<{ rss: number; heap: number }> => {
+      const asked = Date.now();
+      c.proc.kill('SIGUSR2');
+      const line = await eventually(() => c.logs.find((l) => l.at >= asked && l.line.startsWith('memory '))?.line, 'c reports its memory');
+      return JSON.parse(line.slice('memory '.length)) as { rss: number; heap: number };
+    };
     const port = a.app.port;
-    const hashes = cluster.map((i) => i.cluster.view().self!.endpointHash);
+    const ports = [port, b.app.port, cPort];
+    const hashes = [...cluster.map((i) => i.cluster.view().self!.endpointHash), a.cluster.view().byId.get('c')!.endpointHash];
 
     // Someone with write access to the collection adds the sentinel: unsigned, and badly signed.
     const client = await MongoClient.connect(url);
@@ -149,8 +167,8 @@ describe('fuzz: hostile requests against a balancer', function () {
       return lines.join('\r\n') + '\r\n\r\n' + body;
     };
 
-    const metricsSize = async (i: Instance): Promise<number> => {
-      const r = await send(i.app.port, `GET /cluster/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic ${Buffer.from('p:fuzz-dashboard-password').toString('base64')}\r\nConnection: close\r\n\r\n`, '127.0.0.9');
+    const metricsSize = async (p: number): Promise<number> => {
+      const r = await send(p, `GET /cluster/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic ${Buffer.from('p:fuzz-dashboard-password').toString('base64')}\r\nConnection: close\r\n\r\n`, '127.0.0.9');
       // (From its own address: the fuzz's wrong passwords got 127.0.0.1 rate-limited.)
       assert.equal(r.status, 200);
       return r.head.length + r.body.length + Number(/content-length: (\d+)/i.exec(r.head)?.[1] ?? 0);
@@ -168,10 +186,11 @@ describe('fuzz: hostile requests against a balancer', function () {
     await Promise.all(Array.from({ length: 50 }, async () => {
       while (w < 3000) {
         const i = w++;
-        await send(i % 2 === 0 ? port : b.app.port, i < 1000 ? request() : i < 2000 ? junkService(i + 1e6) : junkSession(i + 1e6));
+        await send(ports[i % 3] as number, i < 1000 ? request() : i < 2000 ? junkService(i + 1e6) : junkSession(i + 1e6));
       }
     }));
-    const metricsBefore = await Promise.all(cluster.map(metricsSize));
+    const metricsBefore = await Promise.all(ports.map(metricsSize));
+    const cBefore = await childMemory();
     const before = memory();
     const heapBefore = before.heap;
     const statuses: Record<string, number> = {};
@@ -184,7 +203,8 @@ describe('fuzz: hostile requests against a balancer', function () {
       while (next < TOTAL) {
         next++;
         const bytes = request();
-        const target = rnd() < 0.8 ? port : b.app.port;
+        const x = rnd();
+        const target = x < 0.6 ? port : x < 0.8 ? b.app.port : cPort;
         const r = await send(target, bytes);
         statuses[r.status] = (statuses[r.status] ?? 0) + 1;
         if (/internal error/.test(r.body)) internalErrors++;
@@ -202,7 +222,7 @@ describe('fuzz: hostile requests against a balancer', function () {
     await Promise.all(Array.from({ length: 50 }, async () => {
       while (k < 2 * JUNK) {
         const i = k++;
-        const target = i % 2 === 0 ? port : b.app.port;
+        const target = ports[i % 3] as number;
         const r = await send(target, i < JUNK ? junkService(i) : junkSession(i));
         statuses[r.status] = (statuses[r.status] ?? 0) + 1;
         if (/internal error/.test(r.body)) internalErrors++;
@@ -214,8 +234,8 @@ describe('fuzz: hostile requests against a balancer', function () {
     assert.equal(internalErrors, 0, `no request made the balancer fail: ${cluster.flatMap((i) => i.logs.filter((l) => l.includes('_failed'))).slice(0, 3).join('\n')}`);
     assert.ok(a.cluster.view().members.every((m) => m.endpoint !== sentinelUrl), 'forged entries ignored');
     // Still serving.
-    for (const i of cluster) {
-      const c = await wsDdp(i.url);
+    for (const i of [...cluster.map((x) => x.url), c.url]) {
+      const c = await wsDdp(i);
       assert.ok(((await c.call('whoami')) as { instanceId: string }).instanceId);
       await c.close();
     }
@@ -225,22 +245,26 @@ describe('fuzz: hostile requests against a balancer', function () {
     assert.ok(stats.untrustedHops > 100, `untrusted hops seen: ${stats.untrustedHops}`);
     const after = memory();
     const growth = after.heap - heapBefore;
-    const rssGrowth = after.rss - before.rss;
-    const metricsAfter = await Promise.all(cluster.map(metricsSize));
+    const cAfter = await childMemory();
+    const rssGrowth = cAfter.rss - cBefore.rss;
+    const metricsAfter = await Promise.all(ports.map(metricsSize));
     const mb = (n: number): number => Math.round(n / 1e5) / 10;
     process.stdout.write(`      figures: ${JSON.stringify({
       requests: TOTAL, junkServices: JUNK, junkSessions: JUNK, tookMs, statuses,
-      heapBeforeMB: mb(heapBefore), heapGrowthMB: mb(growth), rssBeforeMB: mb(before.rss), rssGrowthMB: mb(rssGrowth),
+      heapBeforeMB: mb(heapBefore), heapGrowthMB: mb(growth),
+      c: { heapBeforeMB: mb(cBefore.heap), heapGrowthMB: mb(cAfter.heap - cBefore.heap), rssBeforeMB: mb(cBefore.rss), rssGrowthMB: mb(rssGrowth) },
       metricsBytesBefore: metricsBefore, metricsBytesAfter: metricsAfter,
       untrustedHops: stats.untrustedHops, sessionTable: cluster.map((i) => i.cluster.stats().sessionTable),
     })}\n`);
-    // Both instances run in this process: their heap, after GC, returns to within 5 MB of the baseline.
+    // a and b run in this process: their heap, after GC, returns to within 5 MB of the baseline.
     assert.ok(growth < 5e6, `heap grew by ${mb(growth)} MB`);
-    // RSS (which also holds what V8 and the allocator keep for reuse) within 10 % of the baseline.
-    assert.ok(rssGrowth < 0.1 * before.rss, `RSS grew by ${mb(rssGrowth)} MB from ${mb(before.rss)} MB`);
+    // c has a process of its own: heap within 5 MB, and RSS (which also holds what V8 and the
+    // allocator keep for reuse) within 10 % of its baseline.
+    assert.ok(cAfter.heap - cBefore.heap < 5e6, `c's heap grew by ${mb(cAfter.heap - cBefore.heap)} MB`);
+    assert.ok(rssGrowth < 0.1 * cBefore.rss, `c's RSS grew by ${mb(rssGrowth)} MB from ${mb(cBefore.rss)} MB`);
     // Every counter and label set is bounded: /cluster/metrics within 10 % of its size before.
     for (const [n, size] of metricsAfter.entries()) {
-      assert.ok(size <= 1.1 * (metricsBefore[n] as number), `metrics of ${cluster[n]?.id}: ${metricsBefore[n]} → ${size} bytes`);
+      assert.ok(size <= 1.1 * (metricsBefore[n] as number), `metrics of instance ${n}: ${metricsBefore[n]} → ${size} bytes`);
     }
   });
 });

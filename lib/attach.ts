@@ -95,7 +95,19 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   }
 
   const local = new LocalSessions();
-  const sessionCount = options.sessionCount ?? (() => local.count(Date.now()));
+  // The host's count is app code: if it throws, keep the last good figure (a bug there must not
+  // stop heartbeats, where it would look like a discovery outage, nor fail the health route).
+  let lastCount = 0;
+  const hostCount = options.sessionCount;
+  const sessionCount = hostCount === undefined ? (): number => local.count(Date.now()) : (): number => {
+    try {
+      const n = hostCount();
+      if (Number.isFinite(n) && n >= 0) lastCount = n;
+    } catch (err) {
+      logger.once('error', 'cluster.session_count_threw', 'cluster.session_count_threw', { error: err, keeping: lastCount });
+    }
+    return lastCount;
+  };
   const sampler = new LoadSampler(sessionCount, config.capacity);
   const registry = new Registry({ config, logger, load: () => sampler.sample() });
 

@@ -334,4 +334,21 @@ describe('hardening (issue 12)', function () {
     const ups = a.logs.filter((l) => l.includes('"event":"health.up"'));
     assert.deepEqual(ups.filter((l) => !l.includes('"reason":"ok"')), [], 'health.up only with a good check');
   });
+
+  it('4b. a host sessionCount() that throws is not a discovery outage: the instance keeps heartbeating', async () => {
+    let broken = false;
+    cluster = await startCluster(['a', 'b'], url, (id) => (id === 'b' ? { attach: { sessionCount: () => {
+      if (broken) throw new Error('app bug in sessionCount');
+      return 0;
+    } } } : {}));
+    const [a, b] = cluster as [Instance, Instance];
+    broken = true;
+    const seen = a.cluster.view().byId.get('b')!.heartbeatAt;
+    // b's heartbeat keeps advancing as a sees it, and b doesn't think discovery is down.
+    await eventually(() => (a.cluster.view().byId.get('b')?.heartbeatAt ?? 0) > seen + 2000, 'b heartbeats on');
+    assert.equal(b.cluster.view().discoveryOk, true);
+    assert.ok(!b.logs.some((l) => l.includes('discovery.unreachable')), 'no outage reported');
+    assert.ok(b.logs.some((l) => l.includes('cluster.session_count_threw')), 'the bug is logged');
+    assert.equal((await httpRequest('GET', `${b.url}/cluster/health`)).status, 200);
+  });
 });

@@ -168,6 +168,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const balancer = new Balancer({
     config, logger, keys, view: () => effective, random: options.random ?? Math.random, serveRequest, serveUpgrade,
     peerDown: (id, reason) => checker.markDown(id, reason),
+    liveSessions: sessionCount,
     // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
     servedPoll: (sessionId, res) => res.once('finish', () => {
       if (res.statusCode < 400) local.polled(sessionId, Date.now());

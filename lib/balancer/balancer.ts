@@ -59,6 +59,12 @@ export interface BalancerDeps {
   readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
   /** Passive health check: a connect to this member was refused or reset. */
   readonly peerDown: (memberId: string, reason: ErrorKind) => void;
+  /**
+   * Live DDP sessions on this instance. This instance's own load in the view is its last
+   * heartbeat's while peers' is refreshed by every health check; without the live count, sessions
+   * that peers proxied here since the heartbeat would be invisible to this balancer.
+   */
+  readonly liveSessions?: () => number;
   /** A polling request of `sessionId` is served here (not proxied); `res` is its response. */
   readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
 }
@@ -262,7 +268,10 @@ export class Balancer {
         hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired')),
         pending: (id) => {
           const m = view.byId.get(id);
-          return m ? this.#pending.count(m) : 0;
+          if (!m) return 0;
+          const pending = this.#pending.count(m);
+          const live = m.self ? this.#d.liveSessions?.() : undefined;
+          return live === undefined ? pending : Math.max(pending, live - m.load.sessions);
         },
         sessionOwner: this.#ownerAtStart.get(req) ?? null,
         excluded,

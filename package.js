@@ -9,10 +9,11 @@ Package.describe({
   documentation: 'README.md',
 });
 
-// Exactly the versions of package.json "dependencies" (Npm.depends takes exact versions only).
+// The package.json "dependencies" that the server code imports at run time, at the same exact
+// versions (Npm.depends takes exact versions only). Not commander (only the ddp-cluster CLI uses
+// it) and not ws (only the tests do). tests/readme.test.ts checks this list against package.json.
 Npm.depends({
   mongodb: '6.22.0',
-  ws: '8.23.0',
   'http-proxy-3': '1.23.3',
   cookie: '1.1.1',
   'prom-client': '15.1.3',

@@ -17,6 +17,7 @@ import { createDashboard } from './dashboard';
 import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
 import { viewFromMembers } from './discovery/view';
 import { drainSessions, type Closable, type DrainReport } from './drain';
+import { LocalSessions } from './local-sessions';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -56,7 +57,8 @@ export interface ClusterHandle {
   /**
    * Rolling-deploy drain: advertise `draining` (peers stop sending new sessions within a
    * heartbeat), then close this instance's sessions gradually over CLUSTER_DRAIN_WINDOW.
-   * Resolves when all are closed; call close() after it to deregister.
+   * Resolves when all are closed; call close() after it to deregister. Calling it again (a CLI
+   * drain, then SIGTERM) returns the drain already running.
    */
   drain(options?: { windowMs?: number }): Promise<DrainReport>;
   /**
@@ -93,7 +95,19 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   }
 
   const local = new LocalSessions();
-  const sessionCount = options.sessionCount ?? (() => local.count(Date.now()));
+  // The host's count is app code: if it throws, keep the last good figure (a bug there must not
+  // stop heartbeats, where it would look like a discovery outage, nor fail the health route).
+  let lastCount = 0;
+  const hostCount = options.sessionCount;
+  const sessionCount = hostCount === undefined ? (): number => local.count(Date.now()) : (): number => {
+    try {
+      const n = hostCount();
+      if (Number.isFinite(n) && n >= 0) lastCount = n;
+    } catch (err) {
+      logger.once('error', 'cluster.session_count_threw', 'cluster.session_count_threw', { error: err, keeping: lastCount });
+    }
+    return lastCount;
+  };
   const sampler = new LoadSampler(sessionCount, config.capacity);
   const registry = new Registry({ config, logger, load: () => sampler.sample() });
 
@@ -101,7 +115,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];
   // The app's own listeners: an exception they throw must not become an uncaught one.
   const appThrew = (err: unknown, req: IncomingMessage): void =>
-    logger.once('error', `app:${err instanceof Error ? err.message : String(err)}`, 'app.listener_threw', { error: err, url: req.url?.slice(0, 200) });
+    logger.once('error', 'app.listener_threw', 'app.listener_threw', { error: err, url: req.url?.slice(0, 200) });
   const serveRequest = (req: IncomingMessage, res: ServerResponse): void => {
     try {
       for (const l of requestListeners) l.call(server, req, res);
@@ -132,9 +146,13 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     effective = overlayHealth(v, (id) => checker.status(id), config.staleMs, (members) => viewFromMembers(members, v));
   };
   registry.on('view', recompute);
-  checker.on('change', (id, status) => {
+  checker.on('change', (id, status, before) => {
     recompute();
-    logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
+    // Peers start up (their heartbeat vouches for them): only a change of up/down is news. A
+    // failed check that doesn't reach `fall` yet is not "up".
+    if ((before?.up ?? true) !== status.up) {
+      logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
+    }
   });
   // Fresher load figures from a round of checks: one rebuild per round, not per peer.
   let pendingRecompute = false;
@@ -150,6 +168,11 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const balancer = new Balancer({
     config, logger, keys, view: () => effective, random: options.random ?? Math.random, serveRequest, serveUpgrade,
     peerDown: (id, reason) => checker.markDown(id, reason),
+    liveSessions: sessionCount,
+    // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
+    servedPoll: (sessionId, res) => res.once('finish', () => {
+      if (res.statusCode < 400) local.polled(sessionId, Date.now());
+    }),
   });
 
   let handle: ClusterHandle | null = null;
@@ -171,9 +194,6 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
           return health(res, registry, sessionCount(), config.capacity);
         case 'dashboard':
           return dashboard.handle(req, res, facts.sub);
-        case 'transport':
-          if (facts.pinned === null || facts.pinned === registry.view().self?.endpointHash) local.polled(facts.sessionId, Date.now());
-          return balancer.request(req, res, facts);
         default:
           return balancer.request(req, res, facts);
       }
@@ -236,6 +256,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   logger.info('cluster.attached', { config: redactedConfig(config) });
 
   let closed: Promise<void> | null = null;
+  let draining: Promise<DrainReport> | null = null;
   handle = {
     config,
     logger,
@@ -257,20 +278,26 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     ready: () => registry.ready(),
     setState: (state) => registry.setState(state),
     drain(o = {}): Promise<DrainReport> {
+      // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
+      if (draining) return draining;
       registry.setState('draining');
       const windowMs = o.windowMs ?? config.drainWindowMs;
       logger.info('drain.start', { windowMs, sessions: sessionCount() });
-      return drainSessions({
+      // The websockets proxied through here when the drain began: their clients use this instance
+      // as their balancer and would otherwise all drop at once when it exits. Tunnels opened
+      // later belong to clients already moved once (this instance proxies every new session away
+      // now); they are left to the exit, so no client is disconnected twice by the drain.
+      const tunnels = new Set(balancer.tunnels());
+      draining = drainSessions({
         windowMs,
         noticeMs: config.heartbeatMs + config.healthIntervalMs,
-        // Sessions served here, and the websockets proxied through here (their clients use this
-        // instance as their balancer and would otherwise all drop at once when it exits).
-        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...balancer.tunnels()],
+        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...[...tunnels].filter((t) => t.open)],
         onBatch: (b) => logger.debug('drain.batch', { ...b }),
       }).then((report) => {
         logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
         return report;
       });
+      return draining;
     },
     pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
     on: (event, listener) => void registry.on(event, listener as never),
@@ -308,36 +335,4 @@ function health(res: ServerResponse, registry: Registry, sessions: number, capac
     status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk,
     sessions, capacity, at: Date.now(),
   }));
-}
-
-/**
- * Fallback session count when the host doesn't provide one: websockets served here while open,
- * plus polling sessions served here that were active in the last minute.
- */
-class LocalSessions {
-  readonly #polls = new Map<string, number>();
-  readonly #sockets = new Set<Socket>();
-
-  websocket(socket: Socket): void {
-    this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
-  }
-
-  /** The websockets served here, closable by a drain. */
-  sockets(): Closable[] {
-    return [...this.#sockets].map((s) => ({ close: () => s.destroy() }));
-  }
-
-  polled(sessionId: string, now: number): void {
-    this.#polls.set(sessionId, now);
-  }
-
-  count(now: number): number {
-    this.prune(now);
-    return this.#sockets.size + this.#polls.size;
-  }
-
-  prune(now: number): void {
-    for (const [id, t] of this.#polls) if (now - t > 60_000) this.#polls.delete(id);
-  }
 }

@@ -42,6 +42,11 @@ export interface ClusterConfig {
   readonly slowStartMs: number;
   /** Origins allowed to open websocket and SockJS sessions; empty = any (Meteor's default). */
   readonly allowedOrigins: readonly string[];
+  /**
+   * Meteor's HTTP_FORWARDED_COUNT: how many proxies in front of this instance are trusted to set
+   * X-Forwarded-*. 0: those headers are ignored.
+   */
+  readonly forwardedCount: number;
 }
 
 /** What callers may pass in JS; every field is optional and wins over the environment. */
@@ -211,6 +216,7 @@ const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } =
     },
   },
   capacity: integer('CLUSTER_CAPACITY', 1, 10_000_000, '2000'),
+  forwardedCount: integer('HTTP_FORWARDED_COUNT', 0, 100, '1'),
   heartbeatMs: duration('CLUSTER_HEARTBEAT_INTERVAL', MIN_HEARTBEAT_MS, '1s'),
   staleMs: duration('CLUSTER_STALE_HORIZON', 2000, '5s'),
   viewStaleMs: duration('CLUSTER_VIEW_STALE_AFTER', 1000, '30s'),
@@ -305,6 +311,7 @@ function defaults(): ClusterConfig {
     uiService: null,
     selfWeight: 1,
     capacity: 1000,
+    forwardedCount: 0,
     heartbeatMs: 1000,
     staleMs: 5000,
     viewStaleMs: 30_000,

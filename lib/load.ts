@@ -8,13 +8,16 @@ export interface LoadSnapshot {
   readonly capacity: number;
   /** Event-loop utilization over the last interval, 0..1. */
   readonly elu: number;
-  /** Event-loop delay p99 over the last interval, ms. */
+  /** Event-loop delay p99 over the last interval, ms, net of the 20 ms sampling resolution. */
   readonly delayMs: number;
   /** CPU used over the last interval, in cores (1 = one core fully busy). */
   readonly cpu: number;
   /** Resident set size, bytes. */
   readonly rss: number;
 }
+
+/** Sampling resolution of the event-loop delay histogram, ms. */
+const DELAY_RESOLUTION_MS = 20;
 
 export const EMPTY_LOAD: LoadSnapshot = Object.freeze({ sessions: 0, capacity: 1, elu: 0, delayMs: 0, cpu: 0, rss: 0 });
 
@@ -33,7 +36,7 @@ export class LoadSampler {
   constructor(sessions: () => number, capacity: number) {
     this.#sessions = sessions;
     this.#capacity = capacity;
-    this.#delay = monitorEventLoopDelay({ resolution: 20 });
+    this.#delay = monitorEventLoopDelay({ resolution: DELAY_RESOLUTION_MS });
     this.#delay.enable();
     this.#elu = performance.eventLoopUtilization();
     this.#cpu = process.cpuUsage();
@@ -49,7 +52,9 @@ export class LoadSampler {
       sessions: this.#sessions(),
       capacity: this.#capacity,
       elu: round(elu.utilization, 3),
-      delayMs: round(this.#delay.count > 0 ? this.#delay.percentile(99) / 1e6 : 0, 1),
+      // Each sample is the time between two ticks of a timer of the histogram's resolution, so an
+      // idle loop reads as the resolution itself: report the delay net of it (as Node's docs advise).
+      delayMs: round(this.#delay.count > 0 ? Math.max(0, this.#delay.percentile(99) / 1e6 - DELAY_RESOLUTION_MS) : 0, 1),
       cpu: round((cpu.user + cpu.system) / elapsedUs, 3),
       rss: process.memoryUsage.rss(),
     };
@@ -58,6 +63,11 @@ export class LoadSampler {
     this.#at = now;
     this.#delay.reset();
     return snapshot;
+  }
+
+  /** Delay samples taken since the last `sample()`. */
+  delaySamples(): number {
+    return this.#delay.count;
   }
 
   close(): void {

@@ -7,6 +7,10 @@
 import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import type { MembershipView } from './discovery/view';
 import { MEMBER_STATES } from './discovery/entry';
+import { ROUTE_REASONS } from './reasons';
+
+const ACTIONS: ReadonlySet<string> = new Set(['serve', 'proxy', 'pin', 'reject']);
+const REASONS: ReadonlySet<string> = new Set(ROUTE_REASONS);
 
 export interface MetricsDeps {
   readonly view: () => MembershipView;
@@ -156,9 +160,12 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
     for (const [k, n] of counts(s.stats.proxiedByTransport)) c.inc({ transport: k }, n);
   });
   counter('ddp_cluster_routing_decisions_total', 'Routing decisions by action (serve, proxy, pin, reject) and reason.', ['action', 'reason'], (c, s) => {
+    // Only the fixed codes become labels: the label set stays bounded whatever the stats hold.
     for (const [k, n] of counts(s.stats.byReason)) {
       const i = k.indexOf(':');
-      c.inc({ action: i === -1 ? k : k.slice(0, i), reason: i === -1 ? '' : k.slice(i + 1) }, n);
+      const action = k.slice(0, i);
+      const reason = k.slice(i + 1);
+      if (i !== -1 && ACTIONS.has(action) && REASONS.has(reason)) c.inc({ action, reason }, n);
     }
   });
   const scalar = (name: string, help: string, field: string): void =>

@@ -261,7 +261,7 @@ describe('balancer (three real instances, real clients)', function () {
       const hashB = at(B).cluster.view().self!.endpointHash;
       const path = `/cluster-ddp/${hashB}/web/websocket`;
       const claimed = { remoteAddress: '198.51.100.9', forwardedFor: null };
-      const valid = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', Date.now());
+      const valid = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', 'b', Date.now());
       const connect = async (hop: string): Promise<string | null> => {
         const c = track(await wsDdp(`${at(B).url}/cluster-ddp/${hashB}/web`, { localAddress: CLIENT, headers: { [HOP_HEADER]: hop } }));
         return (await whoami(c)).clientAddress;
@@ -270,11 +270,11 @@ describe('balancer (three real instances, real clients)', function () {
       assert.equal(await connect(valid), CLIENT, 'replayed');
       const forged = `${valid.slice(0, valid.indexOf('.'))}.${'A'.repeat(43)}`;
       assert.equal(await connect(forged), CLIENT, 'bad signature');
-      const otherSecret = makeHop(keysFrom('some-other-secret-0123456789', null), 'GET', path, claimed, 'a', Date.now());
+      const otherSecret = makeHop(keysFrom('some-other-secret-0123456789', null), 'GET', path, claimed, 'a', 'b', Date.now());
       assert.equal(await connect(otherSecret), CLIENT, 'signed with another secret');
-      const expired = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', Date.now() - 120_000);
+      const expired = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', 'b', Date.now() - 120_000);
       assert.equal(await connect(expired), CLIENT, 'expired');
-      const elsewhere = makeHop(keysFrom(TEST_SECRET, null), 'GET', '/sockjs/info', claimed, 'a', Date.now());
+      const elsewhere = makeHop(keysFrom(TEST_SECRET, null), 'GET', '/sockjs/info', claimed, 'a', 'b', Date.now());
       assert.equal(await connect(elsewhere), CLIENT, 'signed for another URL');
       assert.equal(await connect('garbage'), CLIENT, 'malformed');
       assert.equal(at(B).cluster.stats().untrustedHops, 6);

@@ -26,7 +26,7 @@ function view(): MembershipView {
 
 const STATS = {
   requests: 10, upgrades: 4, served: 6, proxied: 5, pinned: 3, rejected: 1, hopsIn: 2, hopsOut: 5, retries: 1, proxyErrors: 2,
-  untrustedHops: 1, byTransport: { xhr: 6, websocket: 4, info: 3 }, byReason: { 'proxy:least loaded': 4, 'serve:hop': 2, 'reject:no member': 1 },
+  untrustedHops: 1, byTransport: { xhr: 6, websocket: 4, info: 3 }, byReason: { 'proxy:least loaded': 4, 'serve:hop from a peer': 2, 'reject:no healthy member': 1, 'reject:service evil is not public': 9, 'bogus:page': 1 },
   sessionTable: 9, openProxiedSockets: 2,
 };
 
@@ -54,7 +54,10 @@ describe('metrics', () => {
     line(text, 'ddp_cluster_members\\{state="starting",health="healthy"\\} 0');
     line(text, 'ddp_cluster_routed_requests_total\\{transport="websocket"\\} 4');
     line(text, 'ddp_cluster_routing_decisions_total\\{action="proxy",reason="least loaded"\\} 4');
-    line(text, 'ddp_cluster_routing_decisions_total\\{action="reject",reason="no member"\\} 1');
+    line(text, 'ddp_cluster_routing_decisions_total\\{action="serve",reason="hop from a peer"\\} 2');
+    line(text, 'ddp_cluster_routing_decisions_total\\{action="reject",reason="no healthy member"\\} 1');
+    // Only the balancer's fixed reason codes become labels.
+    assert.equal(text.match(/^ddp_cluster_routing_decisions_total\{/gm)?.length, 3);
     line(text, 'ddp_cluster_requests_total\\{kind="upgrade"\\} 4');
     line(text, 'ddp_cluster_proxy_errors_total 2');
     line(text, 'ddp_cluster_proxy_retries_total 1');

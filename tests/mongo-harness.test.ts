@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { MongoClient } from 'mongodb';
-import { mongo, uniqueDbUrl } from './support/mongo';
+import { EnvServer, mongo, startMongo, uniqueDbUrl, type MongoServer } from './support/mongo';
 
 interface Doc {
   _id: string;
@@ -28,13 +28,29 @@ describe('mongo test harness', function () {
     assert.equal(res.ok, 1);
   });
 
+  // The shared server is controllable unless it came from CLUSTER_TEST_MONGO_URL; then these
+  // tests spawn one of their own (mongod or FerretDB) rather than skip.
+  let own: MongoServer | null = null;
+  const controllable = async (): Promise<MongoServer> => {
+    if (mongo().controllable) return mongo();
+    own ??= await startMongo({ local: true });
+    assert.ok(own.controllable, 'a spawned server is controllable');
+    return own;
+  };
+  after(async () => {
+    await own?.stop().catch(() => undefined);
+  });
+
+  it('refuses stop(), start() and restart() on a server given by CLUSTER_TEST_MONGO_URL', async function () {
+    const env = new EnvServer('mongodb://127.0.0.1:1/x');
+    assert.equal(env.controllable, false);
+    await assert.rejects(env.stop(), /not controllable/);
+    await assert.rejects(env.start(), /not controllable/);
+    await assert.rejects(env.restart(), /not controllable/);
+  });
+
   it('keeps data across stop() + start(), and refuses connections while stopped', async function () {
-    const server = mongo();
-    if (!server.controllable) {
-      await assert.rejects(server.stop(), /not controllable/);
-      await assert.rejects(server.start(), /not controllable/);
-      return;
-    }
+    const server = await controllable();
     const url = uniqueDbUrl(server.url, 'harness_restart');
     await withClient(url, (c) => c.db().collection<Doc>('docs').insertOne({ _id: 'kept', n: 42 }));
 
@@ -51,8 +67,7 @@ describe('mongo test harness', function () {
   });
 
   it('restart() brings the server back on the same URL', async function () {
-    const server = mongo();
-    if (!server.controllable) this.skip();
+    const server = await controllable();
     const before = server.url;
     await server.restart();
     assert.equal(server.url, before);

@@ -493,7 +493,7 @@ describe('route', () => {
       assert.deepEqual(decide('/sockjs/1/s/xhr', view(me('a'), dead('b')), { excluded: new Set(['a']) }),
         { action: 'serve', reason: 'no eligible member; serving here', newSession: true });
       assert.deepEqual(decide('/sockjs/1/s/xhr', view(me('lb', { service: 'lb' }), dead('b'))),
-        { action: 'reject', status: 503, reason: 'no healthy member of service web' });
+        { action: 'reject', status: 503, reason: 'no healthy member' });
     });
   });
 

@@ -13,9 +13,10 @@ import { classify, type DdpFacts, type RequestFacts } from './classify';
 import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, sendInfo } from './info';
 import { PendingLoad } from './pending';
-import { Forwarder, isRefusal, type ProxyAttempt } from './proxy';
+import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
+import { errorKind, type ErrorKind, type RouteReason } from '../reasons';
 
 /** What routing reads of a request: its headers (webapp's categorized requests have them too). */
 export type RequestLike = Pick<IncomingMessage, 'headers'>;
@@ -42,7 +43,8 @@ export interface BalancerStats {
   byTransport: Record<string, number>;
   /** Requests and upgrades forwarded to a peer, by transport. */
   proxiedByTransport: Record<string, number>;
-  byReason: Record<string, number>;
+  /** Routing decisions by `<action>:<reason>`; reasons are the fixed codes of lib/reasons.ts. */
+  byReason: Partial<Record<`${Decision['action']}:${RouteReason}`, number>>;
   sessionTable: number;
   openProxiedSockets: number;
 }
@@ -56,7 +58,15 @@ export interface BalancerDeps {
   readonly serveRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
   /** Passive health check: a connect to this member was refused or reset. */
-  readonly peerDown: (memberId: string, reason: string) => void;
+  readonly peerDown: (memberId: string, reason: ErrorKind) => void;
+  /**
+   * Live DDP sessions on this instance. This instance's own load in the view is its last
+   * heartbeat's while peers' is refreshed by every health check; without the live count, sessions
+   * that peers proxied here since the heartbeat would be invisible to this balancer.
+   */
+  readonly liveSessions?: () => number;
+  /** A polling request of `sessionId` is served here (not proxied); `res` is its response. */
+  readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
 }
 
 /** New sessions may be retried on another member at most this many times. */
@@ -69,7 +79,9 @@ const STREAMING = new Set(['xhr_streaming', 'eventsource', 'htmlfile', 'websocke
  * flood (or a stalled peer) can't pile up sockets and memory without bound. Long polls that are
  * already answered-and-streaming don't count.
  */
-const MAX_PENDING = 10_000;
+export const MAX_PENDING = 10_000;
+/** Sessions this balancer remembers the member of (least recently used go first). */
+export const SESSION_TABLE_MAX = 200_000;
 
 export class Balancer {
   readonly #d: BalancerDeps;
@@ -86,6 +98,8 @@ export class Balancer {
   #pendingProxies = 0;
   /** The session-table owner as it was when a request arrived, for its retries. */
   readonly #ownerAtStart = new WeakMap<RequestLike, string | null>();
+  /** Bodies of sends read before proxying, so a reset before any answer can replay them. */
+  readonly #bodies = new WeakMap<IncomingMessage, Buffer>();
   readonly #origins: ReadonlySet<string>;
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
 
@@ -101,7 +115,7 @@ export class Balancer {
       slowStartMs: c.slowStartMs,
     };
     this.#pending = new PendingLoad(Math.max(10_000, 5 * c.heartbeatMs));
-    this.#sessions = new SessionTable(c.staleMs + 90_000, 200_000);
+    this.#sessions = new SessionTable(c.staleMs + 90_000, SESSION_TABLE_MAX);
     this.#classifyOptions = { pathPrefix: c.pathPrefix, dashboardPath: c.dashboardPath };
     this.#origins = new Set(c.allowedOrigins);
   }
@@ -118,6 +132,14 @@ export class Balancer {
     const excluded = new Set<string>();
     const decision = this.route(req, facts, hop, excluded);
     this.count(facts, decision);
+    // A session whose request its member refused (sockjs: 404 unknown session, 405 wrong method)
+    // is not worth remembering: junk session ids must not fill the session table.
+    if (facts.kind === 'transport') {
+      const sessionId = facts.sessionId;
+      res.once('finish', () => {
+        if (res.statusCode >= 400 && res.statusCode < 500) this.#sessions.delete(sessionId);
+      });
+    }
     this.actWeb(req, res, facts, hop, decision, 0, excluded, false);
   }
 
@@ -181,7 +203,7 @@ export class Balancer {
   }
 
   /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */
-  tunnels(): { close(): void }[] {
+  tunnels(): Tunnel[] {
     return this.#forwarder.tunnels();
   }
 
@@ -219,7 +241,7 @@ export class Balancer {
     const value = req.headers[HOP_HEADER];
     if (value === undefined) return { kind: 'none' };
     delete req.headers[HOP_HEADER];
-    const check = checkHop(this.#d.keys, value, req.method ?? 'GET', req.url ?? '/', Date.now(), this.#replay.check);
+    const check = checkHop(this.#d.keys, value, req.method ?? 'GET', req.url ?? '/', this.selfId(), Date.now(), this.#replay.check);
     if (check.kind === 'trusted') this.#stats.hopsIn++;
     if (check.kind === 'untrusted') {
       this.#stats.untrustedHops++;
@@ -229,6 +251,11 @@ export class Balancer {
       });
     }
     return check;
+  }
+
+  /** This instance's id, as peers know it (the one hop headers are addressed to). */
+  private selfId(): string {
+    return this.#d.view().self?.id ?? this.#d.config.instanceId;
   }
 
   private route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
@@ -243,7 +270,10 @@ export class Balancer {
         hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired')),
         pending: (id) => {
           const m = view.byId.get(id);
-          return m ? this.#pending.count(m) : 0;
+          if (!m) return 0;
+          const pending = this.#pending.count(m);
+          const live = m.self ? this.#d.liveSessions?.() : undefined;
+          return live === undefined ? pending : Math.max(pending, live - m.load.sessions);
         },
         sessionOwner: this.#ownerAtStart.get(req) ?? null,
         excluded,
@@ -257,7 +287,7 @@ export class Balancer {
     const s = this.#stats;
     const key = facts.kind === 'transport' ? facts.transport : facts.kind;
     s.byTransport[key] = (s.byTransport[key] ?? 0) + 1;
-    const reason = `${d.action}:${d.reason}`;
+    const reason = `${d.action}:${d.reason}` as const;
     s.byReason[reason] = (s.byReason[reason] ?? 0) + 1;
   }
 
@@ -290,37 +320,45 @@ export class Balancer {
         this.#pending.add(d.member, Date.now());
         const c = this.#d.config;
         return sendInfo(req, res, { websocket: !c.disableWebsockets, cors: !c.disableSockjsCors, cookieNeeded: c.useJsessionid, pathPrefix: c.pathPrefix },
-          baseUrlFor(req, d.member, service, c.pathPrefix));
+          baseUrlFor(req, d.member, service, c.pathPrefix, c));
       }
       case 'serve':
         this.#stats.served++;
         this.remember(facts, d, null);
+        if (facts.kind === 'transport') this.#d.servedPoll?.(facts.sessionId, res);
         return this.serveWeb(req, res, facts, hop);
       case 'proxy': {
         if (!again) {
           this.countProxied(facts);
           this.remember(facts, d, d.member);
         }
-        if (d.setCookie && !again) setUiCookie(res, d.member.endpointHash);
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;
         req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
+        // A send's body is read first (small ones only), so a reset before any answer can replay it.
+        if (!again && tries === 0 && !this.#bodies.has(req) && bufferable(req, facts)) {
+          return void readBody(req, MAX_REPLAY_BODY).then((body) => {
+            this.#bodies.set(req, body);
+            this.actWeb(req, res, facts, hop, d, tries, excluded, again);
+          }, () => reply(res, 400, 'bad request body'));
+        }
         const release = this.admit();
         if (release === null) return reply(res, 503, 'balancer overloaded');
         res.once('close', release);
-        const attempt = this.attempt(req, d.member, facts, tries > 0 || again, again);
+        const body = this.#bodies.get(req) ?? null;
+        const attempt = this.attempt(req, d.member, facts, body ?? (tries > 0 || again ? EMPTY : null), again, d.setCookie);
         this.#forwarder.web(req, res, attempt, (err, touched) => {
           release();
           this.#stats.proxyErrors++;
           const refused = isRefusal(err);
-          if (refused && !touched) this.#d.peerDown(d.member.id, errCode(err));
-          this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', {
+          if (refused && !touched) this.#d.peerDown(d.member.id, errorKind(err));
+          this.#d.logger.once('warn', `proxy:${d.member.id}:${errorKind(err)}`, 'balancer.proxy_error', {
             to: d.member.endpoint, error: err, touched,
           });
           if (touched) return void res.destroy();
           // A reset before any answer, typically a kept-alive connection the peer had just closed,
           // says nothing about the peer: try it once more on a new connection.
-          if (!refused && !again && !hasBody(req)) {
+          if (!refused && !again && (!hasBody(req) || body !== null)) {
             this.#stats.retries++;
             return this.actWeb(req, res, facts, hop, d, tries, excluded, true);
           }
@@ -357,12 +395,12 @@ export class Balancer {
         const release = this.admit();
         if (release === null) return rejectUpgrade(socket, 503, 'balancer overloaded');
         socket.once('close', release);
-        const attempt = this.attempt(req, d.member, facts, false, true);
+        const attempt = this.attempt(req, d.member, facts, null, true);
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           release();
           this.#stats.proxyErrors++;
-          if (isRefusal(err)) this.#d.peerDown(d.member.id, errCode(err));
-          this.#d.logger.once('warn', `proxy:${d.member.id}:${errCode(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
+          if (isRefusal(err)) this.#d.peerDown(d.member.id, errorKind(err));
+          this.#d.logger.once('warn', `proxy:${d.member.id}:${errorKind(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
           // A websocket upgrade always starts a session: nothing is lost by trying another member.
           if (tries < MAX_RETRIES && !socket.destroyed) {
             this.#stats.retries++;
@@ -386,22 +424,53 @@ export class Balancer {
     this.#d.serveRequest(req, res);
   }
 
-  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, emptyBody: boolean, fresh: boolean): ProxyAttempt {
+  private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, body: Buffer | null, fresh: boolean,
+    setCookie = false): ProxyAttempt {
     const client = clientViewOf(req);
-    const selfId = this.#d.view().self?.id ?? this.#d.config.instanceId;
-    const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, selfId, Date.now());
+    const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, this.selfId(), member.id, Date.now());
     const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
     return {
       target: new URL(member.endpoint),
       headers: { [HOP_HEADER]: hop },
       timeoutMs: streaming ? 0 : POLL_TIMEOUT_MS,
-      emptyBody,
+      body,
       fresh,
+      setCookie: setCookie ? uiCookieFor(member.endpointHash) : null,
     };
   }
 }
 
 const SENDS = new Set(['xhr_send', 'jsonp_send']);
+const EMPTY = Buffer.alloc(0);
+/** Send bodies up to this size are read before proxying and replayed once after a reset; larger ones stream. */
+const MAX_REPLAY_BODY = 256 * 1024;
+
+/** A send with a declared, small body: worth reading first so it can be replayed. */
+function bufferable(req: IncomingMessage, facts: DdpFacts | { kind: 'page' }): boolean {
+  if (facts.kind !== 'transport' || !SENDS.has(facts.transport)) return false;
+  if (req.headers['transfer-encoding'] !== undefined) return false;
+  const len = Number(req.headers['content-length']);
+  return Number.isInteger(len) && len > 0 && len <= MAX_REPLAY_BODY;
+}
+
+function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > max) {
+        req.destroy();
+        reject(new Error('body too large'));
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+    req.on('aborted', () => reject(new Error('aborted')));
+  });
+}
 
 /**
  * May a request that failed before any byte reached the client go to another member? New
@@ -425,11 +494,6 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
 }
 
-function errCode(err: Error): string {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' ? code : err.name;
-}
-
 export const UI_COOKIE = 'ddp-cluster-ui';
 
 function uiCookie(req: RequestLike): string | null {
@@ -440,9 +504,9 @@ function uiCookie(req: RequestLike): string | null {
   return value !== undefined && /^[0-9a-f]{8,64}$/.test(value) ? value : null;
 }
 
-function setUiCookie(res: ServerResponse, hash: string): void {
+function uiCookieFor(hash: string): string {
   // Affinity for an hour: long enough for a visit, short enough not to skew the spread for long.
-  res.appendHeader('Set-Cookie', serializeCookie(UI_COOKIE, hash, { path: '/', maxAge: 3600, httpOnly: true, sameSite: 'lax' }));
+  return serializeCookie(UI_COOKIE, hash, { path: '/', maxAge: 3600, httpOnly: true, sameSite: 'lax' });
 }
 
 export function reply(res: ServerResponse, status: number, message: string): void {

@@ -10,6 +10,8 @@
  * Everything else is the app's (pages, assets, routes).
  */
 
+import type { MalformedReason } from '../reasons';
+
 export const TRANSPORTS = ['websocket', 'xhr', 'xhr_send', 'xhr_streaming', 'eventsource', 'htmlfile', 'jsonp', 'jsonp_send'] as const;
 export type Transport = (typeof TRANSPORTS)[number];
 
@@ -42,7 +44,7 @@ export type RequestFacts =
   | { readonly kind: 'dashboard'; readonly sub: string }
   | { readonly kind: 'health' }
   | { readonly kind: 'page' }
-  | { readonly kind: 'malformed'; readonly status: 400 | 404 | 414; readonly reason: string };
+  | { readonly kind: 'malformed'; readonly status: 400 | 404 | 414; readonly reason: MalformedReason };
 
 export type DdpFacts = Extract<RequestFacts, { localUrl: string }>;
 
@@ -61,7 +63,7 @@ const SERVER_ID = /^[^/.\x00-\x20\x7f]{1,64}$/;
 const SESSION_ID = /^[^/.\x00-\x20\x7f]{1,128}$/;
 const IFRAME = /^\/iframe[0-9a-z.-]*\.html$/;
 
-const malformed = (status: 400 | 404 | 414, reason: string): RequestFacts => ({ kind: 'malformed', status, reason });
+const malformed = (status: 400 | 404 | 414, reason: MalformedReason): RequestFacts => ({ kind: 'malformed', status, reason });
 
 export function classify(rawUrl: string, opts: ClassifyOptions): RequestFacts {
   if (rawUrl.length > MAX_URL_LENGTH) return malformed(414, 'URL too long');

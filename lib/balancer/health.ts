@@ -1,6 +1,6 @@
 /**
  * Active health checks of peers (HAProxy-style interval, timeout, fall and rise) plus passive
- * detection: a refused or reset connect marks a peer down at once. The registry's heartbeat says
+ * detection: a refused connect marks a peer down at once (a reset doesn't: it is retried). The registry's heartbeat says
  * "alive as of a second ago"; the check says "reachable from here now", which also covers a peer
  * that a partition hides from this balancer only.
  */
@@ -10,6 +10,7 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import type { Member, MembershipView } from '../discovery/view';
 import type { MemberState } from '../discovery/entry';
+import { errorKind } from '../reasons';
 
 export interface HealthStatus {
   readonly up: boolean;
@@ -41,8 +42,8 @@ interface Peer {
 }
 
 export interface HealthEvents {
-  /** Up/down or reported state changed. */
-  change: [id: string, status: HealthStatus];
+  /** Up/down or reported state changed; `before` is the previous result (null: the first). */
+  change: [id: string, status: HealthStatus, before: HealthStatus | null];
   /** A check brought newer load figures. */
   load: [id: string, status: HealthStatus];
 }
@@ -143,16 +144,16 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
         if (answer.id !== id) return done(false, 'another instance answers at this endpoint', null);
         done(true, 'ok', answer.state, answer.load);
       });
-      res.on('error', (err) => done(false, err.message, null));
+      res.on('error', (err) => done(false, errorKind(err), null));
     });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${this.#opts.timeoutMs} ms`)));
-    req.on('error', (err: Error & { code?: string }) => done(false, err.code ?? err.message, null));
+    req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${this.#opts.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+    req.on('error', (err: Error) => done(false, errorKind(err), null));
   }
 
   private set(p: Peer, status: HealthStatus): void {
     const before = p.status;
     p.status = status;
-    if (!before || before.up !== status.up || before.state !== status.state) this.emit('change', p.member.id, status);
+    if (!before || before.up !== status.up || before.state !== status.state) this.emit('change', p.member.id, status, before);
     else if (status.load !== null && status.load.at !== before.load?.at) this.emit('load', p.member.id, status);
   }
 }

@@ -1,11 +1,14 @@
 /**
  * The hop header: what a proxying instance tells the instance it forwards to. Signed with
  * CLUSTER_SECRET over method, URL, time, nonce, the client's remote address and its original
- * x-forwarded-for, so the receiver can (1) serve without re-balancing and (2) give Meteor the
- * client's address exactly as the entry instance saw it.
+ * x-forwarded-for, the sender's and the target's instance ids, so the receiver can (1) serve
+ * without re-balancing and (2) give Meteor the client's address exactly as the entry instance saw
+ * it. The target is bound: a header captured on its way to C is refused by every other instance
+ * (and by its sender), and C's replay cache refuses it a second time.
  */
 import type { IncomingMessage } from 'node:http';
 import { randomBytes } from 'node:crypto';
+import type { HopRejection } from '../reasons';
 
 // Nonces only need to be unique: a random prefix per process and a counter, instead of reading
 // the system's randomness on every proxied request.
@@ -24,7 +27,7 @@ export interface ClientView {
 }
 
 interface HopPayload {
-  readonly v: 1;
+  readonly v: 2;
   readonly t: number;
   readonly n: string;
   readonly m: string;
@@ -32,17 +35,19 @@ interface HopPayload {
   readonly ra: string | null;
   readonly xff: string | null;
   readonly from: string;
+  /** The instance id this hop is for. */
+  readonly to: string;
 }
 
 function parts(p: HopPayload): string[] {
-  return ['ddp-cluster/hop/v1', String(p.t), p.n, p.m, p.u, p.ra ?? '', p.xff ?? '', p.from];
+  return ['ddp-cluster/hop/v2', String(p.t), p.n, p.m, p.u, p.ra ?? '', p.xff ?? '', p.from, p.to];
 }
 
-/** The header value for forwarding `method url` on behalf of a client seen as `client`. */
-export function makeHop(keys: Keys | null, method: string, url: string, client: ClientView, from: string, now: number): string {
+/** The header value for forwarding `method url` from instance `from` to instance `to`, on behalf of a client seen as `client`. */
+export function makeHop(keys: Keys | null, method: string, url: string, client: ClientView, from: string, to: string, now: number): string {
   const payload: HopPayload = {
-    v: 1, t: now, n: `${NONCE_PREFIX}${(nonceCounter++).toString(36)}`, m: method, u: url,
-    ra: client.remoteAddress, xff: client.forwardedFor, from,
+    v: 2, t: now, n: `${NONCE_PREFIX}${(nonceCounter++).toString(36)}`, m: method, u: url,
+    ra: client.remoteAddress, xff: client.forwardedFor, from, to,
   };
   const body = Buffer.from(JSON.stringify(payload)).toString('base64url');
   // Without a secret the header still stops re-balancing (serving here is always safe), but it
@@ -53,16 +58,20 @@ export function makeHop(keys: Keys | null, method: string, url: string, client: 
 export type HopCheck =
   | { readonly kind: 'none' }
   | { readonly kind: 'trusted'; readonly client: ClientView; readonly from: string; readonly nonce: string }
-  | { readonly kind: 'untrusted'; readonly reason: string };
+  | { readonly kind: 'untrusted'; readonly reason: HopRejection };
 
 const MAX_HOP_LENGTH = 12_288;
 
-/** Checks a received hop header against the request it came with. Pure apart from `replayed`. */
+/**
+ * Checks a received hop header against the request it came with and the instance (`self`) that
+ * received it. Pure apart from `replayed`, which is only asked once everything else holds.
+ */
 export function checkHop(
   keys: Keys | null,
   value: string | string[] | undefined,
   method: string,
   url: string,
+  self: string,
   now: number,
   replayed: (nonce: string, t: number) => boolean,
 ): HopCheck {
@@ -81,6 +90,8 @@ export function checkHop(
   if (!verify(keys, parts(p), value.slice(dot + 1))) return { kind: 'untrusted', reason: 'bad signature' };
   if (Math.abs(now - p.t) > HOP_WINDOW_MS) return { kind: 'untrusted', reason: 'expired' };
   if (p.m !== method || p.u !== url) return { kind: 'untrusted', reason: 'signed for another request' };
+  if (p.from === self) return { kind: 'untrusted', reason: 'from this instance' };
+  if (p.to !== self) return { kind: 'untrusted', reason: 'signed for another instance' };
   if (replayed(p.n, p.t)) return { kind: 'untrusted', reason: 'replayed' };
   return { kind: 'trusted', client: { remoteAddress: p.ra, forwardedFor: p.xff }, from: p.from, nonce: p.n };
 }
@@ -90,8 +101,8 @@ function isPayload(p: unknown): p is HopPayload {
   const o = p as Record<string, unknown>;
   const str = (v: unknown): boolean => typeof v === 'string' && v.length <= 8192;
   const strOrNull = (v: unknown): boolean => v === null || str(v);
-  return o.v === 1 && typeof o.t === 'number' && Number.isFinite(o.t) && str(o.n) && str(o.m) && str(o.u)
-    && strOrNull(o.ra) && strOrNull(o.xff) && str(o.from);
+  return o.v === 2 && typeof o.t === 'number' && Number.isFinite(o.t) && str(o.n) && str(o.m) && str(o.u)
+    && strOrNull(o.ra) && strOrNull(o.xff) && str(o.from) && str(o.to);
 }
 
 /** What the entry instance sees of a client: the socket peer and x-forwarded-for as received. */
@@ -116,31 +127,45 @@ export function applyClientView(req: IncomingMessage, client: ClientView): () =>
   };
 }
 
-/** Remembers nonces for the hop window so a captured header can't be replayed. Bounded. */
+/** Nonces the replay guard remembers at most. */
+export const REPLAY_MAX = 200_000;
+
+/**
+ * Remembers nonces as long as a header carrying them could still verify, so a captured header
+ * can't be replayed. A header verifies while its time is within HOP_WINDOW_MS of ours, so a nonce
+ * first seen at `now` must be kept until at most `now + 2 * HOP_WINDOW_MS`: entries are kept in
+ * arrival order with that expiry, which is therefore in order too. A check drops the expired ones
+ * from the front (amortized O(1), never a scan of the map), and when the guard is full of live
+ * nonces the oldest go first (bounded memory under any flood).
+ */
 export class ReplayGuard {
   readonly #seen = new Map<string, number>();
   readonly #max: number;
+  readonly #now: () => number;
 
-  constructor(max = 200_000) {
+  constructor(max = REPLAY_MAX, now: () => number = Date.now) {
     this.#max = max;
+    this.#now = now;
   }
 
   /** True when `nonce` was already used; records it otherwise. */
-  check = (nonce: string, t: number): boolean => {
+  check = (nonce: string, _t: number): boolean => {
+    const now = this.#now();
+    this.prune(now);
     if (this.#seen.has(nonce)) return true;
-    if (this.#seen.size >= this.#max) this.prune(Date.now());
-    // Still full of live nonces: drop the oldest rather than grow without bound.
     if (this.#seen.size >= this.#max) {
       const oldest = this.#seen.keys().next().value;
       if (oldest !== undefined) this.#seen.delete(oldest);
     }
-    this.#seen.set(nonce, t);
+    this.#seen.set(nonce, now + 2 * HOP_WINDOW_MS);
     return false;
   };
 
+  /** Drops expired nonces: the oldest first, stopping at the first live one. */
   prune(now: number): void {
-    for (const [nonce, t] of this.#seen) {
-      if (now - t > HOP_WINDOW_MS) this.#seen.delete(nonce);
+    for (const [nonce, expires] of this.#seen) {
+      if (expires >= now) break;
+      this.#seen.delete(nonce);
     }
   }
 

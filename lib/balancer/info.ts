@@ -9,27 +9,46 @@ export interface InfoOptions {
   readonly pathPrefix: string;
 }
 
+/** What base_url may be derived from besides the chosen member's own balancer URL. */
+export interface OriginPolicy {
+  /** This instance's public URL (CLUSTER_BALANCER_URL), if configured: used whatever the headers say. */
+  readonly balancerUrl: string | null;
+  /** HTTP_FORWARDED_COUNT: proxies in front of this instance trusted to set X-Forwarded-Host/-Proto. */
+  readonly forwardedCount: number;
+}
+
 /**
  * Where a client should open its session on `member`: the member's public balancer URL when it
  * has one (the client then connects straight to it), else the instance the client already talks
  * to, which proxies. sockjs-client follows `base_url` in the info reply; it must be absolute
  * (its websocket transport derives ws:// from the http:// prefix).
  */
-export function baseUrlFor(req: IncomingMessage, member: Member, service: string, pathPrefix: string): string {
+export function baseUrlFor(req: IncomingMessage, member: Member, service: string, pathPrefix: string, policy: OriginPolicy): string {
   const path = `${pathPrefix}/cluster-ddp/${member.endpointHash}/${service}`;
-  return (member.balancer ?? requestOrigin(req)) + path;
+  return (member.balancer ?? policy.balancerUrl ?? requestOrigin(req, policy.forwardedCount)) + path;
 }
 
 /**
  * The origin the client used to reach us: the host it asked for (several hostnames may point at
- * one cluster), with the scheme a TLS-terminating proxy in front reports. Only echoed back to the
- * same client, never stored or shared.
+ * one cluster). X-Forwarded-Host and X-Forwarded-Proto count only behind `forwardedCount` trusted
+ * proxies, and then only the entry the outermost of them wrote (like Meteor's use of
+ * HTTP_FORWARDED_COUNT for X-Forwarded-For); a client can't choose another host through them.
  */
-export function requestOrigin(req: IncomingMessage): string {
-  const proto = firstToken(req.headers['x-forwarded-proto']);
+export function requestOrigin(req: IncomingMessage, forwardedCount: number): string {
+  const proto = forwardedCount > 0 ? trusted(req.headers['x-forwarded-proto'], forwardedCount) : null;
   const scheme = proto === 'https' || proto === 'http' ? proto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
-  const host = firstToken(req.headers['x-forwarded-host']) ?? firstToken(req.headers.host) ?? 'localhost';
+  const forwardedHost = forwardedCount > 0 ? trusted(req.headers['x-forwarded-host'], forwardedCount) : null;
+  const host = forwardedHost ?? firstToken(req.headers.host) ?? 'localhost';
   return `${scheme}://${/^[A-Za-z0-9.:[\]_-]{1,255}$/.test(host) ? host : 'localhost'}`;
+}
+
+/** The entry `count` places from the end of a comma-separated header (all values joined), or null. */
+function trusted(v: string | string[] | undefined, count: number): string | null {
+  if (v === undefined) return null;
+  const list = (Array.isArray(v) ? v.join(',') : v).split(',').map((t) => t.trim().toLowerCase());
+  if (list.length < count) return null;
+  const t = list[list.length - count];
+  return t ? t : null;
 }
 
 function firstToken(v: string | string[] | undefined): string | null {

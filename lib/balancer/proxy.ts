@@ -23,10 +23,18 @@ export interface ProxyAttempt {
   readonly headers: Readonly<Record<string, string>>;
   /** Upstream inactivity limit; 0 for none (streaming transports). */
   readonly timeoutMs: number;
-  /** Send an empty body instead of piping `req` (a retry after `req` was consumed). */
-  readonly emptyBody: boolean;
+  /** Send this body instead of piping `req` (it was read first, or consumed by a failed attempt); null: pipe `req`. */
+  readonly body: Buffer | null;
   /** Use a new connection rather than a kept-alive one (after a reset on a reused one). */
   readonly fresh: boolean;
+  /** A Set-Cookie to add to the peer's answer, next to the ones it sets itself. */
+  readonly setCookie?: string | null;
+}
+
+/** A proxied websocket, as a drain sees it. */
+export interface Tunnel {
+  close(): void;
+  readonly open: boolean;
 }
 
 /** Called with the error and whether the client already got bytes (then it can't be retried). */
@@ -34,15 +42,23 @@ export type ProxyFailure = (err: Error, clientTouched: boolean) => void;
 
 export class Forwarder {
   readonly #proxy = createProxyServer({ xfwd: false, ws: false, prependPath: false });
-  readonly #httpAgent = new http.Agent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
-  readonly #httpsAgent = new https.Agent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
+  readonly #httpAgent = new IdleAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
+  readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
   readonly #answered = new WeakMap<IncomingMessage, () => void>();
+  readonly #cookies = new WeakMap<IncomingMessage, string>();
 
   constructor() {
     // A proxy error without a callback would be emitted here; never let it become an uncaught 'error'.
     this.#proxy.on('error', () => undefined);
-    this.#proxy.on('proxyRes', (_proxyRes: IncomingMessage, req: IncomingMessage) => {
+    this.#proxy.on('proxyRes', (proxyRes: IncomingMessage, req: IncomingMessage) => {
+      // Emitted before http-proxy-3 copies the peer's headers onto the response (setHeader, which
+      // would replace a cookie set earlier): add ours to the peer's own.
+      const cookie = this.#cookies.get(req);
+      if (cookie !== undefined) {
+        this.#cookies.delete(req);
+        proxyRes.headers['set-cookie'] = [...(proxyRes.headers['set-cookie'] ?? []), cookie];
+      }
       const cb = this.#answered.get(req);
       this.#answered.delete(req);
       cb?.();
@@ -52,13 +68,14 @@ export class Forwarder {
   /** `onAnswer` runs when the peer's response headers arrive. */
   web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void = () => undefined): void {
     this.#answered.set(req, onAnswer);
+    if (attempt.setCookie) this.#cookies.set(req, attempt.setCookie);
     const secure = attempt.target.protocol === 'https:';
     this.#proxy.web(req, res, {
       target: attempt.target.origin,
       agent: attempt.fresh ? false : secure ? this.#httpsAgent : this.#httpAgent,
       headers: attempt.headers,
       proxyTimeout: attempt.timeoutMs || undefined,
-      buffer: attempt.emptyBody ? Readable.from([]) : undefined,
+      buffer: attempt.body === null ? undefined : Readable.from(attempt.body.length > 0 ? [attempt.body] : []),
       secure: true,
     }, (err: Error) => onFail(err, res.headersSent));
   }
@@ -127,8 +144,8 @@ export class Forwarder {
   }
 
   /** The open proxied websockets, each closable (a drain closes them, paced, with the rest). */
-  tunnels(): { close(): void }[] {
-    return [...this.#upgrades].map((s) => ({ close: () => s.destroy() }));
+  tunnels(): Tunnel[] {
+    return [...this.#upgrades].map((s) => ({ close: () => s.destroy(), get open() { return !s.destroyed; } }));
   }
 
   close(): void {
@@ -136,6 +153,42 @@ export class Forwarder {
     this.#httpAgent.destroy();
     this.#httpsAgent.destroy();
     this.#proxy.close();
+  }
+}
+
+/**
+ * Kept-alive connections to peers are dropped after this long idle: below the 5 s after which
+ * Node (and so Meteor) closes an idle keep-alive connection, so a request is rarely written on a
+ * connection the peer is closing (and one that is gets replayed: see the balancer).
+ */
+export const PEER_IDLE_MS = 4000;
+
+/** An agent whose free sockets time out after PEER_IDLE_MS (the agent then destroys them); in use, the request's own timeout applies. */
+class IdleAgent extends http.Agent {
+  // Node returns whether the socket is kept (its types say void).
+  override keepSocketAlive(socket: Socket): void {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+    return kept as void;
+  }
+
+  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+    socket.setTimeout(0);
+    super.reuseSocket(socket, req);
+  }
+}
+
+class IdleHttpsAgent extends https.Agent {
+  // Node returns whether the socket is kept (its types say void).
+  override keepSocketAlive(socket: Socket): void {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+    return kept as void;
+  }
+
+  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+    socket.setTimeout(0);
+    super.reuseSocket(socket, req);
   }
 }
 

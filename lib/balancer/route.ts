@@ -6,6 +6,7 @@
 import type { Member, MembershipView } from '../discovery/view';
 import type { DdpFacts } from './classify';
 import { rendezvous } from './rendezvous';
+import type { RouteReason } from '../reasons';
 
 export interface RoutePolicy {
   /** CLUSTER_SELF_WEIGHT: 1 = a full share here, 0 = only proxy (unless nobody else can serve). */
@@ -37,10 +38,10 @@ export interface RouteState {
 }
 
 export type Decision =
-  | { readonly action: 'serve'; readonly reason: string; readonly newSession: boolean }
-  | { readonly action: 'proxy'; readonly member: Member; readonly reason: string; readonly newSession: boolean; readonly setCookie: boolean }
-  | { readonly action: 'pin'; readonly member: Member; readonly reason: string }
-  | { readonly action: 'reject'; readonly status: 404 | 503; readonly reason: string };
+  | { readonly action: 'serve'; readonly reason: RouteReason; readonly newSession: boolean }
+  | { readonly action: 'proxy'; readonly member: Member; readonly reason: RouteReason; readonly newSession: boolean; readonly setCookie: boolean }
+  | { readonly action: 'pin'; readonly member: Member; readonly reason: RouteReason }
+  | { readonly action: 'reject'; readonly status: 404 | 503; readonly reason: RouteReason };
 
 export interface RouteInput {
   readonly facts: DdpFacts | { readonly kind: 'page' };
@@ -49,8 +50,8 @@ export interface RouteInput {
   readonly state: RouteState;
 }
 
-const serve = (reason: string, newSession = false): Decision => ({ action: 'serve', reason, newSession });
-const reject = (status: 404 | 503, reason: string): Decision => ({ action: 'reject', status, reason });
+const serve = (reason: RouteReason, newSession = false): Decision => ({ action: 'serve', reason, newSession });
+const reject = (status: 404 | 503, reason: RouteReason): Decision => ({ action: 'reject', status, reason });
 
 export function route(input: RouteInput): Decision {
   const { facts, view, state } = input;
@@ -60,7 +61,7 @@ export function route(input: RouteInput): Decision {
   const self = view.self;
   const service = facts.service ?? input.policy.uiService ?? self?.service ?? null;
   if (service === null) return serve('not clustered');
-  if (facts.service !== null && !reachable(facts.service, input)) return reject(404, `service ${facts.service} is not public`);
+  if (facts.service !== null && !reachable(facts.service, input)) return reject(404, 'service not public');
 
   switch (facts.kind) {
     case 'info':
@@ -142,7 +143,7 @@ function routePage(input: RouteInput): Decision {
   return { action: 'proxy', member, reason: 'ui service', newSession: false, setCookie: true };
 }
 
-function toTarget(input: RouteInput, service: string, member: Member | null, reason: string, newSession: boolean): Decision {
+function toTarget(input: RouteInput, service: string, member: Member | null, reason: RouteReason, newSession: boolean): Decision {
   if (member === null) return fallback(input, service);
   if (member.self) return serve(reason, newSession);
   return { action: 'proxy', member, reason, newSession, setCookie: false };
@@ -151,7 +152,7 @@ function toTarget(input: RouteInput, service: string, member: Member | null, rea
 /** Nobody eligible: serve here if this instance has the service at all (never take the app down). */
 function fallback({ view }: RouteInput, service: string): Decision {
   if (view.self !== null && view.self.service === service) return serve('no eligible member; serving here', true);
-  return reject(503, `no healthy member of service ${service}`);
+  return reject(503, 'no healthy member');
 }
 
 /**

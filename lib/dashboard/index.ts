@@ -126,7 +126,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
 
   const auth = new DashboardAuth(passwords);
   const limiter = new FailureLimiter({ maxFailures: 10, windowMs: 5 * 60_000, maxEntries: 10_000 });
-  const forwardedCount = Math.max(0, Math.floor(Number(process.env.HTTP_FORWARDED_COUNT ?? 0)) || 0);
+  const forwardedCount = config.forwardedCount;
   const history = new SessionHistory(HISTORY_SAMPLES);
   const events = new EventLog(MAX_EVENTS);
   const metrics: ClusterMetrics = createMetrics({

@@ -103,7 +103,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
       this.#firstPollDone();
       return;
     }
-    this.#running = this.loop();
+    this.#running = this.loop().catch((err: unknown) => {
+      this.#log.error('discovery.loop_failed', { error: err });
+    });
   }
 
   /** Resolves after the first successful poll (or at once without discovery). */
@@ -134,7 +136,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.#state = state;
     if (state === 'serving') this.#servingSince = Date.now();
     this.#view = this.rederive(this.#view.discoveryOk, this.#view.stale);
-    this.emit('view', this.#view);
+    this.fire('view', this.#view);
     this.#wake?.();
   }
 
@@ -153,6 +155,31 @@ export class Registry extends EventEmitter<RegistryEvents> {
     await this.#client?.close(true).catch(() => undefined);
     this.#client = null;
     this.#collection = null;
+  }
+
+  /**
+   * Calls the listeners of `event` one by one, each isolated: a listener that throws (or an async
+   * one that rejects) is logged once per event per minute and the others still run. The app's
+   * listeners (Cluster.on) run here; their bugs must never stop the discovery loop, count as a
+   * discovery outage or crash the process.
+   */
+  private fire<E extends keyof RegistryEvents>(event: E, ...args: RegistryEvents[E]): void {
+    for (const listener of this.listeners(event) as ((...a: RegistryEvents[E]) => unknown)[]) {
+      try {
+        const result = listener.apply(this, args);
+        if (typeof (result as PromiseLike<unknown> | null)?.then === 'function') {
+          (result as PromiseLike<unknown>).then(undefined, (err: unknown) => this.listenerThrew(event, err));
+        }
+      } catch (err) {
+        this.listenerThrew(event, err);
+      }
+    }
+  }
+
+  private listenerThrew(event: keyof RegistryEvents, err: unknown): void {
+    this.#log.once('error', `listener:${event}`, 'cluster.listener_threw', {
+      on: event, error: err, note: 'a cluster event listener threw; the cluster goes on',
+    });
   }
 
   private async loop(): Promise<void> {
@@ -218,7 +245,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     }
     this.#commandNonces.add(check.request.nonce);
     this.#log.info('command.drain', { requestedBy: check.request.requestedBy, requestedAt: check.request.requestedAt });
-    this.emit('drainRequested', check.request);
+    this.fire('drainRequested', check.request);
   }
 
   private async connect(): Promise<Collection<EntryDoc>> {
@@ -283,18 +310,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
     const after = this.build(now, observed);
     this.#view = after;
     const diff = diffViews(before, after);
-    for (const m of diff.joined) this.emit('join', m);
-    for (const m of diff.left) this.emit('leave', m);
-    for (const c of diff.changed) this.emit('change', c.after, c.before);
+    for (const m of diff.joined) this.fire('join', m);
+    for (const m of diff.left) this.fire('leave', m);
+    for (const c of diff.changed) this.fire('change', c.after, c.before);
     for (const d of after.duplicates) {
       const mine = this.#registered && d.endpoint === this.#config.endpointUrl;
       this.#log.once('error', `duplicate:${d.endpoint}:${d.ids.join(',')}`, 'discovery.duplicate_endpoint', {
         endpoint: d.endpoint, ids: d.ids, mine,
         fix: 'give every instance its own CLUSTER_ENDPOINT_URL (the address peers use to reach it)',
       });
-      this.emit('duplicate', d);
+      this.fire('duplicate', d);
     }
-    this.emit('view', after);
+    this.fire('view', after);
   }
 
   private build(now: number, observed: readonly Observed[]): MembershipView {
@@ -325,7 +352,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (this.#failures > 0) {
       this.#log.info('discovery.recovered', { after: this.#failures });
       this.#log.reset('discovery.outage');
-      this.emit('recovered');
+      this.fire('recovered');
     }
     this.#failures = 0;
     this.#firstPollDone();
@@ -334,14 +361,14 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** Keeps the last-known view (ages frozen at the last success) and returns the retry delay. */
   private onFailure(err: Error): number {
     this.#failures++;
-    if (this.#failures === 1) this.emit('outage', err);
+    if (this.#failures === 1) this.fire('outage', err);
     this.#log.once('warn', 'discovery.outage', 'discovery.unreachable', {
       error: err, keeping: this.#view.members.length, note: 'serving on the last-known view; retrying',
     });
     const stale = performance.now() - this.#lastOkAt > this.#config.viewStaleMs;
     if (this.#view.discoveryOk || this.#view.stale !== stale) {
       this.#view = this.rederive(false, stale);
-      this.emit('view', this.#view);
+      this.fire('view', this.#view);
     }
     // Never connected yet: back off exponentially. Mid-run: retry every heartbeat.
     if (!this.#everOk) {
@@ -423,7 +450,10 @@ export class Registry extends EventEmitter<RegistryEvents> {
 function entryOf(m: Member): EntryDoc {
   return {
     _id: m.id, service: m.service, endpoint: m.endpoint, endpointHash: m.endpointHash, balancer: m.balancer,
-    state: m.state, appVersion: m.appVersion, pkgVersion: m.pkgVersion, host: m.host, pid: m.pid, servingMs: m.servingMs,
+    state: m.state, appVersion: m.appVersion, pkgVersion: m.pkgVersion, host: m.host, pid: m.pid,
+    // memberFrom adds the observed age to the reported serving time: take it out again, so a
+    // re-derived view doesn't count it twice.
+    servingMs: m.state === 'serving' ? Math.max(0, m.servingMs - m.heartbeatAgeMs) : 0,
     startedAt: new Date(m.startedAt), heartbeatAt: new Date(m.heartbeatAt), heartbeatMs: m.heartbeatMs, seq: 0, load: m.load, sig: null,
   };
 }

@@ -272,6 +272,8 @@ class MeteorLikeApp implements DdpApp {
   /** Stands in for Meteor's Express app (boilerplate pages, assets). */
   private readonly appHandler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const body = `app ${this.instanceId} ${req.url ?? ''}`;
+    // A page that sets the app's own cookie (as login pages do), for the balancer's cookie tests.
+    if (req.url?.includes('set-app-cookie')) res.setHeader('set-cookie', [`app-session=${this.instanceId}; Path=/; HttpOnly`]);
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   };

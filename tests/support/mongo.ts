@@ -173,7 +173,7 @@ function makeTempDir(prefix: string): string {
 // ---------------------------------------------------------------------------------------------
 // Servers
 
-class EnvServer implements MongoServer {
+export class EnvServer implements MongoServer {
   readonly kind = 'env' as const;
   readonly controllable = false;
   constructor(readonly url: string) {}
@@ -311,9 +311,12 @@ async function findOrInstallFerretDb(): Promise<string | undefined> {
   return findExecutable('ferretdb', goBinDirs());
 }
 
-/** Starts (or picks up) a MongoDB-wire server for tests. See the file comment for the order. */
-export async function startMongo(): Promise<MongoServer> {
-  const envUrl = process.env.CLUSTER_TEST_MONGO_URL;
+/**
+ * Starts (or picks up) a MongoDB-wire server for tests. See the file comment for the order.
+ * `local`: skip CLUSTER_TEST_MONGO_URL and spawn a controllable server of our own.
+ */
+export async function startMongo(o: { local?: boolean } = {}): Promise<MongoServer> {
+  const envUrl = o.local ? undefined : process.env.CLUSTER_TEST_MONGO_URL;
   if (envUrl) {
     if (!/^mongodb(\+srv)?:\/\//.test(envUrl)) throw new Error(`CLUSTER_TEST_MONGO_URL is not a mongodb:// URL: ${envUrl}`);
     return new EnvServer(envUrl);

@@ -1,21 +1,59 @@
-import type { Member } from '../discovery/view';
-
 /**
  * Optimistic accounting: a new session routed to a member counts against it at once, until the
- * member's own load report includes it. Without this, a burst between two heartbeats would all
- * go to whichever member looked least loaded.
+ * member's own load report includes it. Without this, a burst between two reports would all go
+ * to whichever member looked least loaded.
  *
- * A routed session shows up in the member's count only once the client has opened it (info,
- * then transport requests, then DDP connect), which may be after the member's next heartbeat.
- * So entries are not retired by time but by the growth of the member's reported count: when a
- * report says the member gained N sessions since the last one, the N oldest entries are retired.
- * Entries that never open (the client went away) expire after `maxAgeMs`.
+ * A routed session shows up at its member only once the client has opened it (info, then
+ * transport requests), which may be after the member's next report. So entries are not retired by
+ * time but by what the member reports having opened since: every report carries `opened`, the
+ * sessions ever opened there (monotonic, closes don't lower it), and when it grew by N since the
+ * last report, the N oldest entries are retired. A session that opened and closed between two
+ * reports is retired like any other (with the live count alone it would never be matched and
+ * would weigh on the member as phantom load). Reports without `opened` (older versions) fall
+ * back to the growth of the live session count. Entries whose session never opened (the client
+ * went away) expire after `maxAgeMs`.
+ *
+ * The other half of a peer's unreported load is what it opened for others (its own clients, other
+ * balancers) since its report; this balancer sees its own new sessions at once, so without an
+ * estimate of those every instance would look busier to itself than its peers do. The `opened`
+ * growth that entries don't account for is that traffic: its rate over the last reports
+ * (RATE_WINDOW_MS), times the age of the current report (at most MAX_EXTRAPOLATE_MS), is added.
+ * Without recent reports to take a rate from (a burst starting from idle, faster than reports), a
+ * peer is assumed to have opened as many for others since its report as this balancer kept for
+ * itself meanwhile (`landed`): arrival is even until the reports say otherwise.
  */
+
+/** Reports (by the peer's clock) over which a peer's rate of sessions opened for others is taken. */
+export const RATE_WINDOW_MS = 1000;
+/** A rate needs reports at least this far apart. */
+const MIN_RATE_SPAN_MS = 40;
+/** Extrapolate at most this far past a report: a correction for the lag of fresh reports, no more. */
+export const MAX_EXTRAPOLATE_MS = 200;
+
+/** What a member last reported: its live sessions and, when it says, the sessions it ever opened. */
+export interface LoadReport {
+  /** When the report was taken (any clock; only compared with the previous report's). */
+  readonly at: number;
+  readonly sessions: number;
+  readonly opened: number | null;
+  /** This instance's own figures, taken now: nothing is unseen. */
+  readonly live?: boolean;
+}
+
 interface Routed {
+  /** When each entry was routed, by this balancer's clock, oldest first. */
   readonly times: number[];
-  /** The report (heartbeat time and session count) the entries are counted against. */
-  heartbeatAt: number;
+  /** The report the entries are counted against. */
+  at: number;
   sessions: number;
+  opened: number | null;
+  /** When this balancer first used that report, by its own clock. */
+  seenAt: number;
+  /** Sessions the member opened for others, cumulative, sampled per report: [report at, count]. */
+  readonly others: [number, number][];
+  othersTotal: number;
+  /** Sessions this balancer kept for itself since that report was first used. */
+  landed: number;
 }
 
 export class PendingLoad {
@@ -26,33 +64,80 @@ export class PendingLoad {
     this.#maxAgeMs = maxAgeMs;
   }
 
-  add(member: Member, now: number): void {
-    const r = this.#routed.get(member.id);
-    if (r) {
-      this.catchUp(r, member);
-      r.times.push(now);
-    } else {
-      this.#routed.set(member.id, { times: [now], heartbeatAt: member.heartbeatAt, sessions: member.load.sessions });
+  add(memberId: string, report: LoadReport, now: number): void {
+    this.record(memberId, report, now).times.push(now);
+  }
+
+  /**
+   * Sessions `report` doesn't include yet: those routed to `memberId` by this balancer, plus those
+   * it likely opened for others since (see above; 0 for a report that is live, like this
+   * instance's own). May be fractional.
+   */
+  count(memberId: string, report: LoadReport, now: number): number {
+    const r = this.record(memberId, report, now);
+    return report.live === true ? r.times.length : r.times.length + this.unseen(r, now);
+  }
+
+  /** A new session stays on this instance: the reference for peers' unreported arrivals. */
+  landed(): void {
+    for (const r of this.#routed.values()) r.landed++;
+  }
+
+  /** Sessions routed to `memberId` and not yet matched by its reports. */
+  routed(memberId: string, report: LoadReport, now: number): number {
+    return this.record(memberId, report, now).times.length;
+  }
+
+  private record(memberId: string, report: LoadReport, now: number): Routed {
+    let r = this.#routed.get(memberId);
+    if (!r) {
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, seenAt: now, others: [], othersTotal: 0, landed: 0 };
+      this.#routed.set(memberId, r);
+      return r;
     }
+    this.catchUp(r, report, now);
+    return r;
   }
 
-  /** Sessions routed to `member` that its current load figures don't include yet. */
-  count(member: Member): number {
-    const r = this.#routed.get(member.id);
-    if (!r) return 0;
-    this.catchUp(r, member);
-    return r.times.length;
-  }
-
-  private catchUp(r: Routed, member: Member): void {
-    if (member.heartbeatAt === r.heartbeatAt) return;
-    const gained = member.load.sessions - r.sessions;
-    let drop = Math.max(0, Math.min(gained, r.times.length));
-    const expired = member.heartbeatAt - this.#maxAgeMs;
+  private catchUp(r: Routed, report: LoadReport, now: number): void {
+    const fresh = report.at !== r.at;
+    let drop = 0;
+    let grown = 0;
+    if (report.opened !== null && r.opened !== null) {
+      // Opened since the last report, closed or not; never negative (an older report arriving late).
+      grown = Math.max(0, report.opened - r.opened);
+      drop = grown;
+      r.opened = Math.max(r.opened, report.opened);
+    } else if (fresh) {
+      drop = Math.max(0, report.sessions - r.sessions);
+      r.opened = report.opened;
+    }
+    drop = Math.min(drop, r.times.length);
+    if (fresh) {
+      r.at = report.at;
+      r.sessions = report.sessions;
+      r.seenAt = now;
+      r.landed = 0;
+      // What it opened beyond the entries matched now was opened for others.
+      r.othersTotal += grown - drop;
+      r.others.push([report.at, r.othersTotal]);
+      while (r.others.length > 0 && report.at - (r.others[0] as [number, number])[0] > RATE_WINDOW_MS) r.others.shift();
+    }
+    const expired = now - this.#maxAgeMs;
     while (drop < r.times.length && (r.times[drop] as number) <= expired) drop++;
     if (drop > 0) r.times.splice(0, drop);
-    r.heartbeatAt = member.heartbeatAt;
-    r.sessions = member.load.sessions;
+  }
+
+  /**
+   * Sessions opened for others since the report: their recent rate times the report's age, or
+   * without recent reports as many as this balancer kept meanwhile.
+   */
+  private unseen(r: Routed, now: number): number {
+    const first = r.others[0];
+    const last = r.others[r.others.length - 1];
+    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return r.landed;
+    const perMs = (last[1] - first[1]) / (last[0] - first[0]);
+    return perMs * Math.min(MAX_EXTRAPOLATE_MS, Math.max(0, now - r.seenAt));
   }
 
   /** Forgets members no longer in the view. */

@@ -41,10 +41,10 @@ describe('pending load (sessions routed to a member that its report does not inc
   it('counts a live report (this instance) exactly: entries go as soon as its opened count grows', () => {
     const p = new PendingLoad(10_000);
     const live = (sessions: number, opened: number): LoadReport => ({ at: 0, sessions, opened, live: true });
+    p.landed(1000);
     p.add('me', live(3, 7), 1000);
-    p.landed();
+    p.landed(1001);
     p.add('me', live(3, 7), 1001);
-    p.landed();
     assert.equal(p.count('me', live(3, 7), 1002), 2);
     assert.equal(p.count('me', live(4, 8), 1003), 1);
     assert.equal(p.count('me', live(4, 9), 1004), 0);
@@ -97,21 +97,30 @@ describe('pending load (sessions routed to a member that its report does not inc
     it('without reports at least 40 ms apart in the last second, assumes as many as this balancer kept since the report', () => {
       const p = new PendingLoad(10_000);
       p.count('b', report(1000, 0, 0), 1000);
-      p.landed();
-      p.landed();
+      p.landed(1001);
+      p.landed(1002);
       assert.equal(p.count('b', report(1000, 0, 0), 1005), 2, 'a burst from idle: even arrival assumed');
-      p.count('b', report(1010, 5, 5), 1010);
-      assert.equal(p.count('b', report(1010, 5, 5), 1011), 0, 'a fresh report: counted from it');
-      p.landed();
-      assert.equal(p.count('b', report(1010, 5, 5), 1100), 1, '10 ms of reports: no rate yet');
-      // Reports 40 ms apart that show nothing opened for others: the assumption gives way.
-      p.count('b', report(1050, 5, 5), 1050);
-      p.landed();
-      assert.equal(p.count('b', report(1050, 5, 5), 1060), 0);
+      // A report taken at 1002 (by b's clock), first used at 1010: what this balancer kept after 1002.
+      p.landed(1003);
+      assert.equal(p.count('b', report(1002, 0, 0), 1010), 1, 'counted from the report');
+      p.landed(1011);
+      assert.equal(p.count('b', report(1002, 0, 0), 1012), 2, '10 ms of reports: no rate yet');
+      // Reports 40 ms apart (the first one counts) that show nothing opened for others: the assumption gives way.
+      p.count('b', report(1050, 0, 0), 1050);
+      p.landed(1051);
+      assert.equal(p.count('b', report(1050, 0, 0), 1060), 0);
       // After a quiet spell (no recent reports), the assumption holds again.
-      p.count('b', report(5000, 5, 5), 5000);
-      p.landed();
-      assert.equal(p.count('b', report(5000, 5, 5), 5001), 1);
+      p.count('b', report(5000, 0, 0), 5000);
+      p.landed(5000.5);
+      assert.equal(p.count('b', report(5000, 0, 0), 5001), 1);
+    });
+
+    it('takes a report for no older than 50 ms more than since it was first used (clocks that disagree)', () => {
+      const p = new PendingLoad(10_000);
+      p.count('b', report(0, 0, 0), 1000);
+      for (let t = 900; t <= 1000; t += 10) p.landed(t);
+      // By b's clock the report is a second old; first used at 1000, so it counts from 950.
+      assert.equal(p.count('b', report(0, 0, 0), 1000), 5);
     });
   });
 });

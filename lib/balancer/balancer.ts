@@ -257,8 +257,9 @@ export class Balancer {
 
   /** Counts a new session routed to `member` (this instance included) until it opens there. */
   private newSession(member: Member): void {
-    if (member.self) this.#pending.landed();
-    this.#pending.add(member.id, this.report(member), Date.now());
+    const now = Date.now();
+    if (member.self) this.#pending.landed(now);
+    this.#pending.add(member.id, this.report(member), now);
     this.#d.routedNew?.();
   }
 

@@ -19,8 +19,11 @@
  * growth that entries don't account for is that traffic: its rate over the last reports
  * (RATE_WINDOW_MS), times the age of the current report (at most MAX_EXTRAPOLATE_MS), is added.
  * Without recent reports to take a rate from (a burst starting from idle, faster than reports), a
- * peer is assumed to have opened as many for others since its report as this balancer kept for
- * itself meanwhile (`landed`): arrival is even until the reports say otherwise.
+ * peer is assumed to have taken as many since its report as this balancer kept for itself
+ * meanwhile (`landed`): arrival is even until the reports say otherwise.
+ *
+ * A report's age is taken from its time (the peer's clock), but at most MAX_CLOCK_LEAD_MS more
+ * than since this balancer first used it, so a peer's clock running behind can't inflate it.
  */
 
 /** Reports (by the peer's clock) over which a peer's rate of sessions opened for others is taken. */
@@ -29,6 +32,8 @@ export const RATE_WINDOW_MS = 1000;
 const MIN_RATE_SPAN_MS = 40;
 /** Extrapolate at most this far past a report: a correction for the lag of fresh reports, no more. */
 export const MAX_EXTRAPOLATE_MS = 200;
+/** See above: how much older than "first used" a report may be taken to be. */
+export const MAX_CLOCK_LEAD_MS = 50;
 
 /** What a member last reported: its live sessions and, when it says, the sessions it ever opened. */
 export interface LoadReport {
@@ -52,12 +57,12 @@ interface Routed {
   /** Sessions the member opened for others, cumulative, sampled per report: [report at, count]. */
   readonly others: [number, number][];
   othersTotal: number;
-  /** Sessions this balancer kept for itself since that report was first used. */
-  landed: number;
 }
 
 export class PendingLoad {
   readonly #routed = new Map<string, Routed>();
+  /** When this balancer kept new sessions for itself, oldest first (the last RATE_WINDOW_MS). */
+  readonly #landed: number[] = [];
   readonly #maxAgeMs: number;
 
   constructor(maxAgeMs: number) {
@@ -79,8 +84,10 @@ export class PendingLoad {
   }
 
   /** A new session stays on this instance: the reference for peers' unreported arrivals. */
-  landed(): void {
-    for (const r of this.#routed.values()) r.landed++;
+  landed(now: number): void {
+    const l = this.#landed;
+    l.push(now);
+    while (l.length > 0 && ((l[0] as number) < now - RATE_WINDOW_MS || l.length > 10_000)) l.shift();
   }
 
   /** Sessions routed to `memberId` and not yet matched by its reports. */
@@ -91,7 +98,8 @@ export class PendingLoad {
   private record(memberId: string, report: LoadReport, now: number): Routed {
     let r = this.#routed.get(memberId);
     if (!r) {
-      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, seenAt: now, others: [], othersTotal: 0, landed: 0 };
+      // The first report is a sample too: one fresh report later there is a rate (often 0).
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, seenAt: now, others: [[report.at, 0]], othersTotal: 0 };
       this.#routed.set(memberId, r);
       return r;
     }
@@ -117,7 +125,6 @@ export class PendingLoad {
       r.at = report.at;
       r.sessions = report.sessions;
       r.seenAt = now;
-      r.landed = 0;
       // What it opened beyond the entries matched now was opened for others.
       r.othersTotal += grown - drop;
       r.others.push([report.at, r.othersTotal]);
@@ -133,11 +140,17 @@ export class PendingLoad {
    * without recent reports as many as this balancer kept meanwhile.
    */
   private unseen(r: Routed, now: number): number {
+    const seen = Math.max(0, now - r.seenAt);
+    const age = Math.min(Math.max(seen, now - r.at), seen + MAX_CLOCK_LEAD_MS);
     const first = r.others[0];
     const last = r.others[r.others.length - 1];
-    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return r.landed;
+    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) {
+      let n = 0;
+      for (let k = this.#landed.length - 1; k >= 0 && (this.#landed[k] as number) > now - age; k--) n++;
+      return n;
+    }
     const perMs = (last[1] - first[1]) / (last[0] - first[0]);
-    return perMs * Math.min(MAX_EXTRAPOLATE_MS, Math.max(0, now - r.seenAt));
+    return perMs * Math.min(MAX_EXTRAPOLATE_MS, age);
   }
 
   /** Forgets members no longer in the view. */

@@ -82,6 +82,17 @@ describe('pending load (sessions routed to a member that its report does not inc
       assert.equal(p.count('b', report(t, 10, 10), t + 100), 0);
     });
 
+    it('takes sessions a peer kept for itself once, when it kept them, not again when they open', () => {
+      const p = new PendingLoad(10_000);
+      const r = (at: number, opened: number, pending: number): LoadReport => ({ at, sessions: 0, opened, pending });
+      p.count('b', r(1000, 0, 0), 1000);
+      p.count('b', r(1020, 0, 4), 1020); // kept 4 (SockJS info answered)
+      p.count('b', r(1040, 4, 0), 1040); // they opened
+      p.count('b', r(1060, 4, 0), 1060);
+      // 4 in 60 ms, not 8.
+      assert.ok(Math.abs(p.count('b', r(1060, 4, 0), 1090) - (4 / 60) * 30) < 1e-9);
+    });
+
     it('forgets a rate once reports show no more', () => {
       const q = new PendingLoad(10_000);
       const t = busy(q, 2, 6);

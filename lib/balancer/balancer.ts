@@ -252,7 +252,7 @@ export class Balancer {
    */
   private report(member: Member): LoadReport {
     if (member.self) return { at: 0, sessions: this.#d.liveSessions?.() ?? member.load.sessions, opened: this.#opened, live: true };
-    return { at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null };
+    return { at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null, pending: member.load.pending ?? null };
   }
 
   /** Counts a new session routed to `member` (this instance included) until it opens there. */

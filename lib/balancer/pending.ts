@@ -41,6 +41,8 @@ export interface LoadReport {
   readonly at: number;
   readonly sessions: number;
   readonly opened: number | null;
+  /** New sessions it kept for itself that have not opened yet, when it says (part of its load). */
+  readonly pending?: number | null;
   /** This instance's own figures, taken now: nothing is unseen. */
   readonly live?: boolean;
 }
@@ -52,6 +54,7 @@ interface Routed {
   at: number;
   sessions: number;
   opened: number | null;
+  pending: number | null;
   /** When this balancer first used that report, by its own clock. */
   seenAt: number;
   /** Sessions the member opened for others, cumulative, sampled per report: [report at, count]. */
@@ -99,7 +102,7 @@ export class PendingLoad {
     let r = this.#routed.get(memberId);
     if (!r) {
       // The first report is a sample too: one fresh report later there is a rate (often 0).
-      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, seenAt: now, others: [[report.at, 0]], othersTotal: 0 };
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0]], othersTotal: 0 };
       this.#routed.set(memberId, r);
       return r;
     }
@@ -125,8 +128,12 @@ export class PendingLoad {
       r.at = report.at;
       r.sessions = report.sessions;
       r.seenAt = now;
-      // What it opened beyond the entries matched now was opened for others.
-      r.othersTotal += grown - drop;
+      // What it took on beyond the entries matched now, it took for others: sessions it opened,
+      // and new ones it kept that have not opened yet (counted once: when they open, its pending
+      // shrinks as much as its opened count grows).
+      const kept = report.pending != null && r.pending !== null ? report.pending - r.pending : 0;
+      r.othersTotal += Math.max(0, grown + kept - drop);
+      r.pending = report.pending ?? null;
       r.others.push([report.at, r.othersTotal]);
       while (r.others.length > 0 && report.at - (r.others[0] as [number, number])[0] > RATE_WINDOW_MS) r.others.shift();
     }

@@ -108,7 +108,9 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     }
     return lastCount;
   };
-  const sampler = new LoadSampler(sessionCount, config.capacity);
+  // Sessions opened here and kept for here, counted by the balancer (created below).
+  let opened = (): { opened: number; pending: number } => ({ opened: 0, pending: 0 });
+  const sampler = new LoadSampler(sessionCount, config.capacity, () => opened());
   const registry = new Registry({ config, logger, load: () => sampler.sample() });
 
   const requestListeners = server.listeners('request') as RequestListener[];
@@ -173,7 +175,9 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     servedPoll: (sessionId, res) => res.once('finish', () => {
       if (res.statusCode < 400) local.polled(sessionId, Date.now());
     }),
+    routedNew: () => checker.refresh(),
   });
+  opened = () => ({ opened: balancer.opened(), pending: balancer.pendingHere() });
 
   let handle: ClusterHandle | null = null;
   const dashboard = createDashboard({
@@ -191,7 +195,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         case 'malformed':
           return reply(res, facts.status, facts.reason);
         case 'health':
-          return health(res, registry, sessionCount(), config.capacity);
+          return health(res, registry, sessionCount(), config.capacity, opened());
         case 'dashboard':
           return dashboard.handle(req, res, facts.sub);
         default:
@@ -324,15 +328,16 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
 
 /**
  * The health route, for peers' checks and external load balancers: 503 unless serving. It also
- * carries the live session count, so peers see load changes between heartbeats and through a
- * discovery outage.
+ * carries the live session count, the sessions ever opened here and those kept for here that have
+ * not opened yet, so peers see load changes between heartbeats and through a discovery outage,
+ * and can tell which sessions they routed here arrived (even those that closed again since).
  */
-function health(res: ServerResponse, registry: Registry, sessions: number, capacity: number): void {
+function health(res: ServerResponse, registry: Registry, sessions: number, capacity: number, figures: { opened: number; pending: number }): void {
   const view = registry.view();
   const ok = registry.state === 'serving' || !registry.registered;
   res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
   res.end(JSON.stringify({
     status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk,
-    sessions, capacity, at: Date.now(),
+    sessions, capacity, opened: figures.opened, pending: figures.pending, at: Date.now(),
   }));
 }

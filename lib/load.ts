@@ -14,6 +14,17 @@ export interface LoadSnapshot {
   readonly cpu: number;
   /** Resident set size, bytes. */
   readonly rss: number;
+  /**
+   * Sessions ever opened here (monotonic; closes don't lower it), so a peer can tell which of the
+   * sessions it routed here arrived even when they closed again before this report. Absent from
+   * reports of older versions.
+   */
+  readonly opened?: number;
+  /**
+   * New sessions this instance's balancer kept for itself that have not opened yet (SockJS info
+   * answered, transport not yet requested): load it has committed to that `sessions` doesn't show.
+   */
+  readonly pending?: number;
 }
 
 /** Sampling resolution of the event-loop delay histogram, ms. */
@@ -28,14 +39,16 @@ export const EMPTY_LOAD: LoadSnapshot = Object.freeze({ sessions: 0, capacity: 1
 export class LoadSampler {
   readonly #sessions: () => number;
   readonly #capacity: number;
+  readonly #opened: (() => { opened: number; pending: number }) | null;
   readonly #delay: IntervalHistogram;
   #elu: EventLoopUtilization;
   #cpu: NodeJS.CpuUsage;
   #at: number;
 
-  constructor(sessions: () => number, capacity: number) {
+  constructor(sessions: () => number, capacity: number, opened: (() => { opened: number; pending: number }) | null = null) {
     this.#sessions = sessions;
     this.#capacity = capacity;
+    this.#opened = opened;
     this.#delay = monitorEventLoopDelay({ resolution: DELAY_RESOLUTION_MS });
     this.#delay.enable();
     this.#elu = performance.eventLoopUtilization();
@@ -57,6 +70,7 @@ export class LoadSampler {
       delayMs: round(this.#delay.count > 0 ? Math.max(0, this.#delay.percentile(99) / 1e6 - DELAY_RESOLUTION_MS) : 0, 1),
       cpu: round((cpu.user + cpu.system) / elapsedUs, 3),
       rss: process.memoryUsage.rss(),
+      ...(this.#opened ? this.#opened() : {}),
     };
     this.#elu = performance.eventLoopUtilization();
     this.#cpu = process.cpuUsage();

@@ -8,6 +8,7 @@ import net from 'node:net';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { keysFrom } from '../lib/sign';
 import { TEST_SECRET, freePort, spawnInstance, startCluster, waitView, type ChildInstance, type Instance } from './support/cluster';
+import { eventually } from './support/wait';
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
@@ -163,6 +164,78 @@ describe('balancer (three real instances, real clients)', function () {
     assert.equal(after.reduce((s, x) => s + x.hopsIn, 0) - before.reduce((s, x) => s + x.hopsIn, 0), 0, 'no hop anywhere');
     assert.ok(after[A]!.pinned - before[A]!.pinned >= 6);
     figures.pinnedDirect = { hopsOut: after.map((x) => x.hopsOut), hopsIn: after.map((x) => x.hopsIn), pinnedByA: after[A]!.pinned };
+  });
+
+  describe('where new sessions go when load is skewed or arrival is even', () => {
+    const IDS = ['a', 'b', 'c'];
+    /** max/mean over all three instances (one that got nothing counts as 0). */
+    const maxOverMean = (ids: readonly string[]): number => Math.max(...IDS.map((id) => ids.filter((x) => x === id).length)) / (ids.length / IDS.length);
+    /** Resolves once A's view holds reports of every instance (A's own heartbeat included) taken after `t`. */
+    const reportsAfter = (t: number): Promise<unknown> => eventually(() => {
+      const v = at(A).cluster.view();
+      return IDS.every((id) => (v.byId.get(id)?.heartbeatAt ?? 0) > t);
+    }, 'fresh load reports of a, b and c at A');
+    const allClosed = (): Promise<unknown> => eventually(() => cluster.every((i) => i.app.sessionCount() === 0), 'every session closed');
+    /** `n` websocket sessions entering A one after another, kept open; where each landed. */
+    const enterA = async (n: number): Promise<string[]> => {
+      const out: string[] = [];
+      for (let k = 0; k < n; k++) out.push((await whoami(track(await wsDdp(at(A).url)))).instanceId);
+      return out;
+    };
+
+    it('spreads the next 30 sessions entering A within 1.2 max/mean right after a burst of 100 on A closed', async () => {
+      cluster = await startCluster(IDS, url);
+      const hashA = at(A).cluster.view().self!.endpointHash;
+      const burst = await pool(Array.from({ length: 100 }), 20, async () => track(await wsDdp(`${at(A).url}/cluster-ddp/${hashA}/web`)));
+      assert.equal(at(A).app.sessionCount(), 100, 'the burst is on A');
+      // A's own last report says 100: the stale figure it used to judge itself by.
+      await eventually(() => at(A).cluster.view().self!.load.sessions === 100, 'A reports its 100 sessions');
+      await Promise.all(burst.map((c) => c.close()));
+      await allClosed();
+      const next = await enterA(30);
+      figures.afterBurstClosed = spread(next).counts;
+      assert.ok(maxOverMean(next) <= 1.2, `max/mean ${maxOverMean(next)} ${JSON.stringify(spread(next).counts)}`);
+    });
+
+    it('spreads the next 30 sessions entering A within 1.2 max/mean after sessions it routed to peers vanished before their report', async () => {
+      cluster = await startCluster(IDS, url);
+      // A is busy (30 sessions pinned to it), so it routes new sessions to b and c ...
+      const hashA = at(A).cluster.view().self!.endpointHash;
+      const held = await pool(Array.from({ length: 30 }), 10, async () => track(await wsDdp(`${at(A).url}/cluster-ddp/${hashA}/web`)));
+      await eventually(() => at(A).cluster.view().self!.load.sessions === 30, 'A reports its 30 sessions');
+      // ... which close again at once, one after another: hardly any is open when b or c report.
+      const routed: string[] = [];
+      for (let k = 0; k < 20; k++) {
+        const c = await wsDdp(at(A).url);
+        routed.push((await whoami(c)).instanceId);
+        await c.close();
+      }
+      assert.ok(!routed.includes('a'), `A routed them all to its peers: ${JSON.stringify(spread(routed).counts)}`);
+      await Promise.all(held.map((c) => c.close()));
+      await allClosed();
+      await reportsAfter(Date.now());
+      // Every instance is empty now.
+      const next = await enterA(30);
+      figures.afterRoutedVanished = { routed: spread(routed).counts, next: spread(next).counts };
+      assert.ok(maxOverMean(next) <= 1.2, `max/mean ${maxOverMean(next)} ${JSON.stringify(spread(next).counts)}`);
+    });
+
+    it('serves most sessions where they land when they arrive evenly at A, B and C (proxied share ≤ 0.25)', async () => {
+      cluster = await startCluster(IDS, url);
+      const before = cluster.map((i) => i.cluster.stats());
+      // Round robin over the entries, six sessions setting up at a time.
+      const landed = await pool(Array.from({ length: 90 }), 6, async (_, n) => {
+        const entry = cluster[n % 3] as Instance;
+        return (await whoami(track(await wsDdp(entry.url)))).instanceId;
+      });
+      const after = cluster.map((i) => i.cluster.stats());
+      const d = (k: 'served' | 'hopsIn' | 'proxied'): number => after.reduce((s, x, i) => s + x[k] - before[i]![k], 0);
+      const decisions = d('served') - d('hopsIn') + d('proxied');
+      assert.equal(decisions, 90, 'one routing decision per session at its entry');
+      const share = d('proxied') / decisions;
+      figures.evenArrival = { proxiedShare: share, counts: spread(landed).counts };
+      assert.ok(share <= 0.25, `proxied share ${share} ${JSON.stringify(spread(landed).counts)}`);
+    });
   });
 
   it('answers sockjs info as sockjs would, with Meteor switches and CORS, and base_url', async () => {

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { HealthChecker, overlayHealth, type HealthStatus } from '../lib/balancer/health';
+import { HealthChecker, REFRESH_GAP_MS, overlayHealth, type HealthStatus } from '../lib/balancer/health';
+import { eventually } from './support/wait';
 import { buildView, viewFromMembers, type Member, type MembershipView } from '../lib/discovery/view';
 import { endpointHash } from '../lib/sign';
 
@@ -76,6 +77,38 @@ describe('health checks (real peers over http)', function () {
     await waitStatus(checker, 'p', (s) => s.up, 'up again');
   });
 
+  it('refreshes the load of a peer on demand between rounds, one check in flight at a time, with its opened count', async () => {
+    let hits = 0;
+    const server = http.createServer((req, res) => {
+      hits++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: 'serving', id: 'p', sessions: hits, capacity: 100, opened: 10 * hits, at: Date.now() + hits }));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    servers.push(server);
+    const slow = new HealthChecker({ intervalMs: 60_000, timeoutMs: 1000, fall: 2, rise: 2, path: '/cluster/health' });
+    try {
+      slow.update(viewOf([{ id: 'p', port: (server.address() as AddressInfo).port }]));
+      slow.refresh();
+      assert.equal(slow.status('p'), null, 'not started: no checks');
+      slow.start();
+      for (let k = 0; k < 5; k++) slow.refresh();
+      const first = await waitStatus(slow, 'p', (s) => s.load !== null, 'first refresh');
+      assert.deepEqual(first.load && { sessions: first.load.sessions, opened: first.load.opened }, { sessions: 1, opened: 10 });
+      assert.equal(hits, 1, 'five refreshes while one check was in flight: one request');
+      // Later refreshes (at least REFRESH_GAP_MS apart) bring newer figures, long before the next round.
+      const second = await eventually(() => {
+        slow.refresh();
+        const st = slow.status('p');
+        return st?.load?.opened === 20 ? st : undefined;
+      }, 'a second refresh', 5000, 2 * REFRESH_GAP_MS);
+      assert.equal(second.load?.sessions, 2);
+    } finally {
+      slow.close();
+    }
+  });
+
   it('is down when another instance answers at the endpoint, and reports draining', async () => {
     let who = 'someone-else';
     const peer = await peerServer(() => who, 'draining');
@@ -133,5 +166,12 @@ describe('overlayHealth', () => {
     assert.equal(older.byId.get('a')?.load.sessions, m.load.sessions);
     const down = overlayHealth(base, (id) => (id === 'a' ? { ...st(false), load } : null), 3000, rebuild(base));
     assert.equal(down.byId.get('a')?.load.sessions, m.load.sessions);
+  });
+
+  it('takes the sessions a peer ever opened from its check along with its load', () => {
+    const m = base.byId.get('a') as Member;
+    const load = { sessions: 3, capacity: 500, at: m.heartbeatAt + 700, opened: 1234 };
+    const v = overlayHealth(base, (id) => (id === 'a' ? { ...st(true), load } : null), 3000, rebuild(base));
+    assert.equal(v.byId.get('a')?.load.opened, 1234);
   });
 });

@@ -64,7 +64,7 @@ function view(self: Member | null, ...observed: Observed[]): MembershipView {
 const POLICY: RoutePolicy = { selfWeight: 1, hysteresis: 0.1, hysteresisSessions: 2, publicServices: ['chat'], uiService: 'web', slowStartMs: 0 };
 
 function state(over: Partial<RouteState> = {}): RouteState {
-  return { pending: () => 0, sessionOwner: null, excluded: new Set(), hop: false, cookieHash: null, random: prng(1), ...over };
+  return { pending: () => 0, selfSessions: null, sessionOwner: null, excluded: new Set(), hop: false, cookieHash: null, random: prng(1), ...over };
 }
 
 function facts(url: string): DdpFacts {
@@ -563,6 +563,46 @@ describe('route', () => {
       const v = view(me('a', { sessions: 90 }), peer('b', { sessions: 10 }), peer('c', { sessions: 20 }));
       const s = spread('/websocket', v, 300);
       assert.equal(s.get('a'), undefined);
+    });
+  });
+
+  describe('serving where the session lands', () => {
+    it('judges this instance by its live session count, not its last heartbeat', () => {
+      const v = view(me('a', { sessions: 100 }), peer('b', { sessions: 0 }), peer('c', { sessions: 0 }));
+      assert.equal(where(decide('/websocket', v, { selfSessions: 0 })), 'serve', '100 sessions just closed');
+      assert.notEqual(where(decide('/websocket', v)), 'serve', 'by the heartbeat figure');
+      const idle = view(me('a', { sessions: 0 }), peer('b', { sessions: 10 }), peer('c', { sessions: 10 }));
+      assert.notEqual(where(decide('/websocket', idle, { selfSessions: 20 })), 'serve', '20 sessions just opened');
+    });
+
+    it('counts sessions routed here that have not opened yet', () => {
+      const v = view(me('a'), peer('b'), peer('c'));
+      assert.equal(where(decide('/websocket', v, { selfSessions: 0, pending: (id) => (id === 'a' ? 2 : 0) })), 'serve');
+      assert.notEqual(where(decide('/websocket', v, { selfSessions: 0, pending: (id) => (id === 'a' ? 5 : 0) })), 'serve');
+    });
+
+    it('stays here within the hysteresis of the least-loaded member, whichever two members the draw picks', () => {
+      const v = view(me('a', { sessions: 52 }), peer('b', { sessions: 50 }), peer('c', { sessions: 90 }), peer('d', { sessions: 95 }), peer('e', { sessions: 99 }));
+      assert.deepEqual([...spread('/websocket', v, 200, { selfSessions: 52 })], [['a', 200]]);
+    });
+
+    it('moves when any member is clearly less loaded, not only one of two random draws', () => {
+      const v = view(me('a', { sessions: 50 }), peer('b', { sessions: 50 }), peer('c', { sessions: 50 }), peer('d', { sessions: 50 }), peer('e', { sessions: 10 }));
+      const s = spread('/websocket', v, 200, { selfSessions: 50 });
+      assert.equal(s.get('a'), undefined, JSON.stringify([...s]));
+    });
+
+    it('serves a burst of sessions landing here up to the hysteresis, then spreads the rest (live count and pending)', () => {
+      const v = view(me('a'), peer('b'), peer('c'));
+      const counts = new Map<string, number>([['a', 0], ['b', 0], ['c', 0]]);
+      const random = prng(5);
+      for (let k = 0; k < 30; k++) {
+        const d = decide('/websocket', v, { random, selfSessions: counts.get('a') ?? 0, pending: (id) => (id === 'a' ? 0 : counts.get(id) ?? 0) }, { hysteresis: 0.05 });
+        const id = targetOf(d, v);
+        counts.set(id, (counts.get(id) ?? 0) + 1);
+      }
+      assert.ok(maxOverMean(counts) <= 1.2, JSON.stringify([...counts]));
+      assert.ok((counts.get('a') ?? 0) >= 10, 'this instance keeps its share');
     });
   });
 

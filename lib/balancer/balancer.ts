@@ -12,7 +12,7 @@ import type { Keys } from '../sign';
 import { classify, type DdpFacts, type RequestFacts } from './classify';
 import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, sendInfo } from './info';
-import { PendingLoad } from './pending';
+import { PendingLoad, type LoadReport } from './pending';
 import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
@@ -67,6 +67,8 @@ export interface BalancerDeps {
   readonly liveSessions?: () => number;
   /** A polling request of `sessionId` is served here (not proxied); `res` is its response. */
   readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
+  /** A new session was just routed: peers' load figures are worth refreshing. */
+  readonly routedNew?: () => void;
 }
 
 /** New sessions may be retried on another member at most this many times. */
@@ -96,6 +98,8 @@ export class Balancer {
     byTransport: {}, proxiedByTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
   };
   #pendingProxies = 0;
+  /** Sessions opened here (served here, from clients or peers): reported as `opened`. */
+  #opened = 0;
   /** The session-table owner as it was when a request arrived, for its retries. */
   readonly #ownerAtStart = new WeakMap<RequestLike, string | null>();
   /** Bodies of sends read before proxying, so a reset before any answer can replay them. */
@@ -176,7 +180,7 @@ export class Balancer {
     const facts: DdpFacts = { kind: 'info', service, pinned: null, localUrl: '' };
     const d = this.route(req, facts, { kind: 'none' }, new Set());
     if (d.action !== 'pin' || d.member.balancer === null) return null;
-    this.#pending.add(d.member, Date.now());
+    this.newSession(d.member);
     // The member's pinned path on its own balancer: that balancer serves the page's sessions
     // itself instead of routing them again (Meteor appends /sockjs or /websocket to the URL).
     return `${d.member.balancer}${this.#classifyOptions.pathPrefix}/cluster-ddp/${d.member.endpointHash}/${d.member.service}`;
@@ -192,6 +196,17 @@ export class Balancer {
       sessionTable: this.#sessions.size,
       openProxiedSockets: this.#forwarder.openUpgrades,
     };
+  }
+
+  /** Sessions ever opened here (monotonic), for load reports: peers retire pending entries by it. */
+  opened(): number {
+    return this.#opened;
+  }
+
+  /** New sessions kept for this instance that have not opened yet, for load reports. */
+  pendingHere(): number {
+    const self = this.#d.view().self;
+    return self === null ? 0 : this.#pending.routed(self.id, this.report(self), Date.now());
   }
 
   /** Periodic housekeeping (expired sessions, nonces, pending counts); called by the owner's timer. */
@@ -258,8 +273,26 @@ export class Balancer {
     return this.#d.view().self?.id ?? this.#d.config.instanceId;
   }
 
+  /**
+   * What `member` last reported, for matching pending entries. This instance reports itself live:
+   * its session count now and the sessions it opened so far.
+   */
+  private report(member: Member): LoadReport {
+    if (member.self) return { at: 0, sessions: this.#d.liveSessions?.() ?? member.load.sessions, opened: this.#opened, live: true };
+    return { at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null, pending: member.load.pending ?? null };
+  }
+
+  /** Counts a new session routed to `member` (this instance included) until it opens there. */
+  private newSession(member: Member): void {
+    const now = Date.now();
+    if (member.self) this.#pending.landed(now);
+    this.#pending.add(member.id, this.report(member), now);
+    this.#d.routedNew?.();
+  }
+
   private route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
     const view = this.#d.view();
+    const now = Date.now();
     return route({
       facts,
       view,
@@ -270,11 +303,9 @@ export class Balancer {
         hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired')),
         pending: (id) => {
           const m = view.byId.get(id);
-          if (!m) return 0;
-          const pending = this.#pending.count(m);
-          const live = m.self ? this.#d.liveSessions?.() : undefined;
-          return live === undefined ? pending : Math.max(pending, live - m.load.sessions);
+          return m ? this.#pending.count(id, this.report(m), now) : 0;
         },
+        selfSessions: this.#d.liveSessions?.() ?? null,
         sessionOwner: this.#ownerAtStart.get(req) ?? null,
         excluded,
         cookieHash: facts.kind === 'page' ? uiCookie(req) : null,
@@ -302,10 +333,18 @@ export class Balancer {
   private remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
     const target = member ?? this.#d.view().self;
     if (target === null) return;
+    const now = Date.now();
+    // Counted as pending first, so that the count of sessions opened here, just below, matches it.
+    if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.newSession(target);
+    if (target.self) {
+      // Opened here: a websocket (each one a session), or the first receiving request of a sockjs
+      // session (from a client or a peer) that this balancer has not seen served here before.
+      if (facts.kind === 'raw-websocket') this.#opened++;
+      else if (facts.kind === 'transport' && !SENDS.has(facts.transport) && this.#sessions.get(facts.sessionId, now) !== target.id) this.#opened++;
+    }
     // Every session this balancer forwards, pinned ones included: if a pinned member dies, this
     // tells an established session (lost: 404) from a first poll (moved to a survivor).
-    if (facts.kind === 'transport') this.#sessions.set(facts.sessionId, target.id, Date.now());
-    if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#pending.add(target, Date.now());
+    if (facts.kind === 'transport') this.#sessions.set(facts.sessionId, target.id, now);
   }
 
   private actWeb(req: IncomingMessage, res: ServerResponse, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, d: Decision,
@@ -317,7 +356,7 @@ export class Balancer {
       case 'pin': {
         this.#stats.pinned++;
         const service = ('service' in facts ? facts.service : null) ?? d.member.service;
-        this.#pending.add(d.member, Date.now());
+        this.newSession(d.member);
         const c = this.#d.config;
         return sendInfo(req, res, { websocket: !c.disableWebsockets, cors: !c.disableSockjsCors, cookieNeeded: c.useJsessionid, pathPrefix: c.pathPrefix },
           baseUrlFor(req, d.member, service, c.pathPrefix, c));

@@ -20,8 +20,12 @@ export interface HealthStatus {
   readonly reason: string;
   /** State the peer reported in its last answer (fresher than its registry entry). */
   readonly state: MemberState | null;
-  /** Sessions and capacity the peer reported, at `at` by its clock; null if it didn't say. */
-  readonly load: { readonly sessions: number; readonly capacity: number; readonly at: number } | null;
+  /**
+   * Sessions and capacity the peer reported, at `at` by its clock, the sessions it ever opened and
+   * those it kept for itself that have not opened yet (both absent from older versions); null if
+   * it didn't say.
+   */
+  readonly load: { readonly sessions: number; readonly capacity: number; readonly at: number; readonly opened?: number; readonly pending?: number } | null;
 }
 
 export interface HealthOptions {
@@ -39,7 +43,12 @@ interface Peer {
   fails: number;
   oks: number;
   inFlight: boolean;
+  /** performance.now() when the last check began. */
+  startedAt: number;
 }
+
+/** On-demand checks (`refresh`) of one peer begin at least this far apart. */
+export const REFRESH_GAP_MS = 20;
 
 export interface HealthEvents {
   /** Up/down or reported state changed; `before` is the previous result (null: the first). */
@@ -74,7 +83,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       seen.add(m.id);
       const p = this.#peers.get(m.id);
       if (p) p.member = m;
-      else this.#peers.set(m.id, { member: m, status: null, fails: 0, oks: 0, inFlight: false });
+      else this.#peers.set(m.id, { member: m, status: null, fails: 0, oks: 0, inFlight: false, startedAt: -Infinity });
     }
     for (const id of this.#peers.keys()) if (!seen.has(id)) this.#peers.delete(id);
   }
@@ -98,6 +107,21 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     this.set(p, { up: false, checkedAt: Date.now(), rttMs: null, reason: `passive: ${reason}`, state: p.status?.state ?? null, load: p.status?.load ?? null });
   }
 
+  /**
+   * Fresher load figures now, between rounds: checks every peer that is up, has no check in
+   * flight and was last checked at least REFRESH_GAP_MS ago. Called by the balancer as it routes
+   * new sessions, so during a burst it compares its own live load with peers' figures that are
+   * milliseconds old rather than up to a health interval. Peers that are down wait for their round
+   * (rise keeps its pace).
+   */
+  refresh(): void {
+    if (this.#timer === null) return;
+    const now = performance.now();
+    for (const p of this.#peers.values()) {
+      if (!p.inFlight && p.status?.up !== false && now - p.startedAt >= REFRESH_GAP_MS) this.check(p);
+    }
+  }
+
   close(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
@@ -111,6 +135,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
 
   private check(p: Peer): void {
     p.inFlight = true;
+    p.startedAt = performance.now();
     const target = new URL(this.#opts.path, p.member.endpoint);
     const secure = target.protocol === 'https:';
     const began = performance.now();
@@ -160,14 +185,17 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
 
 function parseHealth(body: string): { id: string; state: MemberState | null; load: HealthStatus['load'] } | null {
   try {
-    const v = JSON.parse(body) as { id?: unknown; status?: unknown; sessions?: unknown; capacity?: unknown; at?: unknown };
+    const v = JSON.parse(body) as { id?: unknown; status?: unknown; sessions?: unknown; capacity?: unknown; at?: unknown; opened?: unknown; pending?: unknown };
     if (typeof v.id !== 'string') return null;
     const state = v.status === 'serving' || v.status === 'draining' || v.status === 'starting' ? v.status : null;
     const n = (x: unknown): number | null => (typeof x === 'number' && Number.isFinite(x) && x >= 0 ? x : null);
     const sessions = n(v.sessions);
     const capacity = n(v.capacity);
     const at = n(v.at);
-    const load = sessions !== null && capacity !== null && at !== null ? { sessions, capacity: Math.max(1, capacity), at } : null;
+    const opened = n(v.opened);
+    const pending = n(v.pending);
+    const load = sessions !== null && capacity !== null && at !== null
+      ? { sessions, capacity: Math.max(1, capacity), at, ...(opened !== null ? { opened } : {}), ...(pending !== null ? { pending } : {}) } : null;
     return { id: v.id, state, load };
   } catch {
     return null;
@@ -195,7 +223,11 @@ export function overlayHealth(view: MembershipView, status: (id: string) => Heal
     if (healthy === m.healthy && state === m.state && fresher === null) return m;
     changed = true;
     if (fresher === null) return { ...m, healthy, state };
-    return { ...m, healthy, state, heartbeatAt: fresher.at, load: { ...m.load, sessions: fresher.sessions, capacity: fresher.capacity } };
+    const load = {
+      ...m.load, sessions: fresher.sessions, capacity: fresher.capacity,
+      ...(fresher.opened !== undefined ? { opened: fresher.opened } : {}), ...(fresher.pending !== undefined ? { pending: fresher.pending } : {}),
+    };
+    return { ...m, healthy, state, heartbeatAt: fresher.at, load };
   });
   return changed ? rebuild(members) : view;
 }

@@ -1,58 +1,163 @@
-import type { Member } from '../discovery/view';
-
 /**
  * Optimistic accounting: a new session routed to a member counts against it at once, until the
- * member's own load report includes it. Without this, a burst between two heartbeats would all
- * go to whichever member looked least loaded.
+ * member's own load report includes it. Without this, a burst between two reports would all go
+ * to whichever member looked least loaded.
  *
- * A routed session shows up in the member's count only once the client has opened it (info,
- * then transport requests, then DDP connect), which may be after the member's next heartbeat.
- * So entries are not retired by time but by the growth of the member's reported count: when a
- * report says the member gained N sessions since the last one, the N oldest entries are retired.
- * Entries that never open (the client went away) expire after `maxAgeMs`.
+ * A routed session shows up at its member only once the client has opened it (info, then
+ * transport requests), which may be after the member's next report. So entries are not retired by
+ * time but by what the member reports having opened since: every report carries `opened`, the
+ * sessions ever opened there (monotonic, closes don't lower it), and when it grew by N since the
+ * last report, the N oldest entries are retired. A session that opened and closed between two
+ * reports is retired like any other (with the live count alone it would never be matched and
+ * would weigh on the member as phantom load). Reports without `opened` (older versions) fall
+ * back to the growth of the live session count. Entries whose session never opened (the client
+ * went away) expire after `maxAgeMs`.
+ *
+ * The other half of a peer's unreported load is what it opened for others (its own clients, other
+ * balancers) since its report; this balancer sees its own new sessions at once, so without an
+ * estimate of those every instance would look busier to itself than its peers do. The `opened`
+ * growth that entries don't account for is that traffic: its rate over the last reports
+ * (RATE_WINDOW_MS), times the age of the current report (at most MAX_EXTRAPOLATE_MS), is added.
+ * Without recent reports to take a rate from (a burst starting from idle, faster than reports), a
+ * peer is assumed to have taken as many since its report as this balancer kept for itself
+ * meanwhile (`landed`): arrival is even until the reports say otherwise.
+ *
+ * A report's age is taken from its time (the peer's clock), but at most MAX_CLOCK_LEAD_MS more
+ * than since this balancer first used it, so a peer's clock running behind can't inflate it.
  */
+
+/** Reports (by the peer's clock) over which a peer's rate of sessions opened for others is taken. */
+export const RATE_WINDOW_MS = 1000;
+/** A rate needs reports at least this far apart. */
+const MIN_RATE_SPAN_MS = 40;
+/** Extrapolate at most this far past a report: a correction for the lag of fresh reports, no more. */
+export const MAX_EXTRAPOLATE_MS = 200;
+/** See above: how much older than "first used" a report may be taken to be. */
+export const MAX_CLOCK_LEAD_MS = 50;
+
+/** What a member last reported: its live sessions and, when it says, the sessions it ever opened. */
+export interface LoadReport {
+  /** When the report was taken (any clock; only compared with the previous report's). */
+  readonly at: number;
+  readonly sessions: number;
+  readonly opened: number | null;
+  /** New sessions it kept for itself that have not opened yet, when it says (part of its load). */
+  readonly pending?: number | null;
+  /** This instance's own figures, taken now: nothing is unseen. */
+  readonly live?: boolean;
+}
+
 interface Routed {
+  /** When each entry was routed, by this balancer's clock, oldest first. */
   readonly times: number[];
-  /** The report (heartbeat time and session count) the entries are counted against. */
-  heartbeatAt: number;
+  /** The report the entries are counted against. */
+  at: number;
   sessions: number;
+  opened: number | null;
+  pending: number | null;
+  /** When this balancer first used that report, by its own clock. */
+  seenAt: number;
+  /** Sessions the member opened for others, cumulative, sampled per report: [report at, count]. */
+  readonly others: [number, number][];
+  othersTotal: number;
 }
 
 export class PendingLoad {
   readonly #routed = new Map<string, Routed>();
+  /** When this balancer kept new sessions for itself, oldest first (the last RATE_WINDOW_MS). */
+  readonly #landed: number[] = [];
   readonly #maxAgeMs: number;
 
   constructor(maxAgeMs: number) {
     this.#maxAgeMs = maxAgeMs;
   }
 
-  add(member: Member, now: number): void {
-    const r = this.#routed.get(member.id);
-    if (r) {
-      this.catchUp(r, member);
-      r.times.push(now);
-    } else {
-      this.#routed.set(member.id, { times: [now], heartbeatAt: member.heartbeatAt, sessions: member.load.sessions });
+  add(memberId: string, report: LoadReport, now: number): void {
+    this.record(memberId, report, now).times.push(now);
+  }
+
+  /**
+   * Sessions `report` doesn't include yet: those routed to `memberId` by this balancer, plus those
+   * it likely opened for others since (see above; 0 for a report that is live, like this
+   * instance's own). May be fractional.
+   */
+  count(memberId: string, report: LoadReport, now: number): number {
+    const r = this.record(memberId, report, now);
+    return report.live === true ? r.times.length : r.times.length + this.unseen(r, now);
+  }
+
+  /** A new session stays on this instance: the reference for peers' unreported arrivals. */
+  landed(now: number): void {
+    const l = this.#landed;
+    l.push(now);
+    while (l.length > 0 && ((l[0] as number) < now - RATE_WINDOW_MS || l.length > 10_000)) l.shift();
+  }
+
+  /** Sessions routed to `memberId` and not yet matched by its reports. */
+  routed(memberId: string, report: LoadReport, now: number): number {
+    return this.record(memberId, report, now).times.length;
+  }
+
+  private record(memberId: string, report: LoadReport, now: number): Routed {
+    let r = this.#routed.get(memberId);
+    if (!r) {
+      // The first report is a sample too: one fresh report later there is a rate (often 0).
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0]], othersTotal: 0 };
+      this.#routed.set(memberId, r);
+      return r;
     }
+    this.catchUp(r, report, now);
+    return r;
   }
 
-  /** Sessions routed to `member` that its current load figures don't include yet. */
-  count(member: Member): number {
-    const r = this.#routed.get(member.id);
-    if (!r) return 0;
-    this.catchUp(r, member);
-    return r.times.length;
-  }
-
-  private catchUp(r: Routed, member: Member): void {
-    if (member.heartbeatAt === r.heartbeatAt) return;
-    const gained = member.load.sessions - r.sessions;
-    let drop = Math.max(0, Math.min(gained, r.times.length));
-    const expired = member.heartbeatAt - this.#maxAgeMs;
+  private catchUp(r: Routed, report: LoadReport, now: number): void {
+    const fresh = report.at !== r.at;
+    let drop = 0;
+    let grown = 0;
+    if (report.opened !== null && r.opened !== null) {
+      // Opened since the last report, closed or not; never negative (an older report arriving late).
+      grown = Math.max(0, report.opened - r.opened);
+      drop = grown;
+      r.opened = Math.max(r.opened, report.opened);
+    } else if (fresh) {
+      drop = Math.max(0, report.sessions - r.sessions);
+      r.opened = report.opened;
+    }
+    drop = Math.min(drop, r.times.length);
+    if (fresh) {
+      r.at = report.at;
+      r.sessions = report.sessions;
+      r.seenAt = now;
+      // What it took on beyond the entries matched now, it took for others: sessions it opened,
+      // and new ones it kept that have not opened yet (counted once: when they open, its pending
+      // shrinks as much as its opened count grows).
+      const kept = report.pending != null && r.pending !== null ? report.pending - r.pending : 0;
+      r.othersTotal += Math.max(0, grown + kept - drop);
+      r.pending = report.pending ?? null;
+      r.others.push([report.at, r.othersTotal]);
+      while (r.others.length > 0 && report.at - (r.others[0] as [number, number])[0] > RATE_WINDOW_MS) r.others.shift();
+    }
+    const expired = now - this.#maxAgeMs;
     while (drop < r.times.length && (r.times[drop] as number) <= expired) drop++;
     if (drop > 0) r.times.splice(0, drop);
-    r.heartbeatAt = member.heartbeatAt;
-    r.sessions = member.load.sessions;
+  }
+
+  /**
+   * Sessions opened for others since the report: their recent rate times the report's age, or
+   * without recent reports as many as this balancer kept meanwhile.
+   */
+  private unseen(r: Routed, now: number): number {
+    const seen = Math.max(0, now - r.seenAt);
+    const age = Math.min(Math.max(seen, now - r.at), seen + MAX_CLOCK_LEAD_MS);
+    const first = r.others[0];
+    const last = r.others[r.others.length - 1];
+    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) {
+      let n = 0;
+      for (let k = this.#landed.length - 1; k >= 0 && (this.#landed[k] as number) > now - age; k--) n++;
+      return n;
+    }
+    const perMs = (last[1] - first[1]) / (last[0] - first[0]);
+    return perMs * Math.min(MAX_EXTRAPOLATE_MS, age);
   }
 
   /** Forgets members no longer in the view. */

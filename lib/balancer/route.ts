@@ -23,8 +23,17 @@ export interface RoutePolicy {
 }
 
 export interface RouteState {
-  /** Sessions routed to a member that its last load report doesn't include yet. */
+  /**
+   * Sessions a member's load figure doesn't include yet: routed to it by this balancer and not yet
+   * opened there, plus (peers) an estimate of those it opened for others since its report. May be
+   * fractional.
+   */
   readonly pending: (memberId: string) => number;
+  /**
+   * This instance's live session count, fresher than the report in the view (its last heartbeat);
+   * null: use the view's figure.
+   */
+  readonly selfSessions: number | null;
   /** The member this balancer already routed this sockjs session to, if any. */
   readonly sessionOwner: string | null;
   /** Members that already failed for this very request (retries). */
@@ -156,8 +165,12 @@ function fallback({ view }: RouteInput, service: string): Decision {
 }
 
 /**
- * A member for a new session: power of two choices on load over healthy serving members,
- * then a preference for this instance unless the winner is clearly less loaded.
+ * A member for a new session. A session stays where it landed: this instance serves it as long as
+ * its own load (live, plus sessions routed here that have not opened yet) is within the
+ * hysteresis of the least-loaded eligible member's (relative `hysteresis` plus `hysteresisSessions`).
+ * Only when some member is meaningfully less loaded does it go elsewhere: to the less loaded of
+ * two random other members (power of two choices, so balancers that see the same figures don't
+ * all herd onto one). A balancer that is not itself a candidate picks by power of two choices.
  */
 export function pickNew(input: RouteInput, service: string): Member | null {
   const { view, state, policy } = input;
@@ -168,22 +181,29 @@ export function pickNew(input: RouteInput, service: string): Member | null {
   if (candidates.length === 1) return candidates[0] ?? null;
   const oldest = Math.max(...candidates.map((m) => m.servingMs));
   const weight = (m: Member): number => (m.self ? policy.selfWeight : 1) * ramp(m, oldest, policy.slowStartMs);
-  const score = (m: Member): number => loadScore(m, state.pending(m.id), weight(m));
-
-  const i = Math.floor(state.random() * candidates.length) % candidates.length;
-  let j = Math.floor(state.random() * (candidates.length - 1)) % (candidates.length - 1);
-  if (j >= i) j++;
-  const a = candidates[i] as Member;
-  const b = candidates[j] as Member;
-  const sa = score(a);
-  const sb = score(b);
-  const best = sa < sb || (sa === sb && a.id < b.id) ? a : b;
+  const score = (m: Member): number => {
+    // This instance: its live count. A peer: its report, with the new sessions it kept for itself.
+    const sessions = m.self && state.selfSessions !== null ? state.selfSessions : m.load.sessions + (m.self ? 0 : m.load.pending ?? 0);
+    return sessionScore(sessions + state.pending(m.id), m.load.capacity, weight(m));
+  };
 
   const self = candidates.find((m) => m.self);
-  if (!self || best === self || policy.selfWeight === 0) return best;
-  const selfScore = score(self);
-  const margin = policy.hysteresisSessions / (Math.max(1, self.load.capacity) * weight(self));
-  return selfScore <= Math.min(sa, sb) * (1 + policy.hysteresis) + margin ? self : best;
+  const others = self ? candidates.filter((m) => m !== self) : candidates;
+  const scores = new Map(others.map((m) => [m, score(m)]));
+  if (self && policy.selfWeight > 0) {
+    const least = Math.min(...scores.values());
+    const margin = policy.hysteresisSessions / (Math.max(1, self.load.capacity) * weight(self));
+    if (score(self) <= least * (1 + policy.hysteresis) + margin) return self;
+  }
+  if (others.length === 1) return others[0] ?? null;
+  const i = Math.floor(state.random() * others.length) % others.length;
+  let j = Math.floor(state.random() * (others.length - 1)) % (others.length - 1);
+  if (j >= i) j++;
+  const a = others[i] as Member;
+  const b = others[j] as Member;
+  const sa = scores.get(a) as number;
+  const sb = scores.get(b) as number;
+  return sa < sb || (sa === sb && a.id < b.id) ? a : b;
 }
 
 /** Members that started serving within this much of the oldest one started together. */
@@ -207,6 +227,10 @@ export function ramp(m: Member, oldestServingMs: number, slowStartMs: number): n
  * different moments by different members they add noise, not signal, to a per-session choice.
  */
 export function loadScore(m: Member, pending: number, weight: number): number {
+  return sessionScore(m.load.sessions + pending, m.load.capacity, weight);
+}
+
+function sessionScore(sessions: number, capacity: number, weight: number): number {
   if (weight <= 0) return Infinity;
-  return (m.load.sessions + pending + 1) / (Math.max(1, m.load.capacity) * weight);
+  return (sessions + 1) / (Math.max(1, capacity) * weight);
 }

@@ -122,6 +122,8 @@ function num(v: unknown, fallback: number): number {
 
 function loadOf(v: unknown): LoadSnapshot {
   const l = typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : {};
+  const opened = num(l.opened, -1);
+  const pending = num(l.pending, -1);
   return {
     sessions: num(l.sessions, 0),
     capacity: Math.max(1, num(l.capacity, 1)),
@@ -129,5 +131,7 @@ function loadOf(v: unknown): LoadSnapshot {
     delayMs: num(l.delayMs, 0),
     cpu: num(l.cpu, 0),
     rss: num(l.rss, 0),
+    ...(opened >= 0 ? { opened } : {}),
+    ...(pending >= 0 ? { pending } : {}),
   };
 }

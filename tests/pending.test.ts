@@ -1,0 +1,137 @@
+import assert from 'node:assert/strict';
+import { MAX_EXTRAPOLATE_MS, PendingLoad, type LoadReport } from '../lib/balancer/pending';
+
+const report = (at: number, sessions: number, opened: number | null): LoadReport => ({ at, sessions, opened });
+
+describe('pending load (sessions routed to a member that its report does not include yet)', () => {
+  it('retires entries as the member reports having opened them, even when they closed before the report', () => {
+    const p = new PendingLoad(10_000);
+    for (let k = 0; k < 5; k++) p.add('b', report(1000, 0, 0), 1000 + k);
+    assert.equal(p.routed('b', report(1000, 0, 0), 1010), 5);
+    // Three opened and closed again before the next report: the live count did not grow.
+    assert.equal(p.routed('b', report(1500, 0, 3), 1500), 2);
+    assert.equal(p.routed('b', report(2000, 2, 5), 2000), 0);
+  });
+
+  it('falls back to the growth of the live count for members that do not report what they opened', () => {
+    const p = new PendingLoad(10_000);
+    for (let k = 0; k < 4; k++) p.add('b', report(1000, 10, null), 1000);
+    assert.equal(p.routed('b', report(1000, 10, null), 1001), 4, 'same report: nothing retired');
+    assert.equal(p.routed('b', report(1500, 13, null), 1500), 1);
+    assert.equal(p.routed('b', report(2000, 12, null), 2000), 1, 'a shrinking count retires nothing');
+  });
+
+  it('never retires more than were routed, nor goes back on an older report', () => {
+    const p = new PendingLoad(10_000);
+    p.add('b', report(1000, 0, 10), 1000);
+    p.add('b', report(1000, 0, 10), 1000);
+    assert.equal(p.routed('b', report(900, 0, 8), 1100), 2, 'an older report arriving late');
+    assert.equal(p.routed('b', report(1500, 1, 11), 1500), 1);
+    p.add('b', report(1500, 1, 11), 1600);
+    assert.equal(p.routed('b', report(2000, 30, 40), 2000), 0);
+  });
+
+  it('expires entries whose session never opened', () => {
+    const p = new PendingLoad(10_000);
+    p.add('b', report(1000, 0, 0), 1000);
+    assert.equal(p.routed('b', report(1000, 0, 0), 10_999), 1);
+    assert.equal(p.routed('b', report(1000, 0, 0), 11_000), 0);
+  });
+
+  it('counts a live report (this instance) exactly: entries go as soon as its opened count grows', () => {
+    const p = new PendingLoad(10_000);
+    const live = (sessions: number, opened: number): LoadReport => ({ at: 0, sessions, opened, live: true });
+    p.landed(1000);
+    p.add('me', live(3, 7), 1000);
+    p.landed(1001);
+    p.add('me', live(3, 7), 1001);
+    assert.equal(p.count('me', live(3, 7), 1002), 2);
+    assert.equal(p.count('me', live(4, 8), 1003), 1);
+    assert.equal(p.count('me', live(4, 9), 1004), 0);
+  });
+
+  describe('sessions a peer opened for others since its report', () => {
+    /** Reports every 20 ms in which b opened `perReport` sessions nobody here routed to it. */
+    function busy(p: PendingLoad, perReport: number, reports: number, t0 = 1000): number {
+      let opened = 0;
+      let t = t0;
+      for (let k = 0; k < reports; k++) {
+        p.count('b', report(t, opened, opened), t);
+        opened += perReport;
+        t += 20;
+      }
+      return t;
+    }
+
+    it('adds their recent rate times the age of the report', () => {
+      const p = new PendingLoad(10_000);
+      const t = busy(p, 2, 6) - 20; // the last report, at t: 0.1 sessions/ms
+      assert.equal(p.count('b', report(t, 10, 10), t), 0, 'a report used at once');
+      assert.ok(Math.abs(p.count('b', report(t, 10, 10), t + 30) - 3) < 1e-9);
+      assert.ok(Math.abs(p.count('b', report(t, 10, 10), t + 10_000) - 0.1 * MAX_EXTRAPOLATE_MS) < 1e-9, 'capped');
+    });
+
+    it('adds nothing for sessions this balancer routed there (a burst entering one instance)', () => {
+      const p = new PendingLoad(10_000);
+      let t = 1000;
+      for (let k = 0; k < 10; k++) {
+        p.add('b', report(t, k, k), t);
+        t += 20;
+        p.count('b', report(t, k + 1, k + 1), t);
+      }
+      assert.equal(p.count('b', report(t, 10, 10), t + 100), 0);
+    });
+
+    it('takes sessions a peer kept for itself once, when it kept them, not again when they open', () => {
+      const p = new PendingLoad(10_000);
+      const r = (at: number, opened: number, pending: number): LoadReport => ({ at, sessions: 0, opened, pending });
+      p.count('b', r(1000, 0, 0), 1000);
+      p.count('b', r(1020, 0, 4), 1020); // kept 4 (SockJS info answered)
+      p.count('b', r(1040, 4, 0), 1040); // they opened
+      p.count('b', r(1060, 4, 0), 1060);
+      // 4 in 60 ms, not 8.
+      assert.ok(Math.abs(p.count('b', r(1060, 4, 0), 1090) - (4 / 60) * 30) < 1e-9);
+    });
+
+    it('forgets a rate once reports show no more', () => {
+      const q = new PendingLoad(10_000);
+      const t = busy(q, 2, 6);
+      // Then quiet: reports every 500 ms with nothing new; the window slides past the burst.
+      let last = t;
+      for (let k = 0; k < 4; k++) {
+        last = t + 500 * k;
+        q.count('b', report(last, 10, 10), last);
+      }
+      assert.equal(q.count('b', report(last, 10, 10), last + 100), 0);
+    });
+
+    it('without reports at least 40 ms apart in the last second, assumes as many as this balancer kept since the report', () => {
+      const p = new PendingLoad(10_000);
+      p.count('b', report(1000, 0, 0), 1000);
+      p.landed(1001);
+      p.landed(1002);
+      assert.equal(p.count('b', report(1000, 0, 0), 1005), 2, 'a burst from idle: even arrival assumed');
+      // A report taken at 1002 (by b's clock), first used at 1010: what this balancer kept after 1002.
+      p.landed(1003);
+      assert.equal(p.count('b', report(1002, 0, 0), 1010), 1, 'counted from the report');
+      p.landed(1011);
+      assert.equal(p.count('b', report(1002, 0, 0), 1012), 2, '10 ms of reports: no rate yet');
+      // Reports 40 ms apart (the first one counts) that show nothing opened for others: the assumption gives way.
+      p.count('b', report(1050, 0, 0), 1050);
+      p.landed(1051);
+      assert.equal(p.count('b', report(1050, 0, 0), 1060), 0);
+      // After a quiet spell (no recent reports), the assumption holds again.
+      p.count('b', report(5000, 0, 0), 5000);
+      p.landed(5000.5);
+      assert.equal(p.count('b', report(5000, 0, 0), 5001), 1);
+    });
+
+    it('takes a report for no older than 50 ms more than since it was first used (clocks that disagree)', () => {
+      const p = new PendingLoad(10_000);
+      p.count('b', report(0, 0, 0), 1000);
+      for (let t = 900; t <= 1000; t += 10) p.landed(t);
+      // By b's clock the report is a second old; first used at 1000, so it counts from 950.
+      assert.equal(p.count('b', report(0, 0, 0), 1000), 5);
+    });
+  });
+});

@@ -113,7 +113,7 @@ export class Forwarder {
       onFail(err, res.headersSent);
     };
     upstream.on('error', fail);
-    // Given as an option, the timer is armed on the socket once it exists.
+    // Set through the options, the agent arms the socket's timer once as it hands the socket over.
     if (attempt.timeoutMs > 0) upstream.on('timeout', () => upstream.destroy());
     // The client left before the answer was complete: drop the peer's side too.
     res.on('close', () => {
@@ -343,8 +343,6 @@ class Relay implements Dispatcher.DispatchHandlers {
   onError(err: Error): void {
     if (this.#done) return;
     this.#done = true;
-    // The client went away (its reset of a streamed body surfaces here too): nothing to answer.
-    if (this.#req.socket.destroyed) return;
     this.#onFail(nodeError(err), this.#res.headersSent);
   }
 }

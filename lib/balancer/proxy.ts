@@ -1,14 +1,13 @@
 /**
- * Forwarding to a peer: HTTP requests (every xhr poll and send of a proxied session) through an
- * undici pool per peer with as little per-request work as possible, websocket upgrades piped by
- * hand on node:http, so that a failed connect can be retried on another peer before any byte
- * reached the client.
+ * Forwarding to a peer, by hand on node:http with a keep-alive agent per scheme: HTTP requests
+ * (every xhr poll and send of a proxied session) with as little per-request work as possible, and
+ * websocket upgrades piped, so that a failed connect can be retried on another peer before any
+ * byte reached the client.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
-import { Pool, type Dispatcher } from 'undici';
 import { HOP_HEADER } from './hop';
 
 /** Errors that mean "nobody is listening there": the peer is down (passive health check). */
@@ -42,63 +41,28 @@ export interface Tunnel {
 export type ProxyFailure = (err: Error, clientTouched: boolean) => void;
 
 export class Forwarder {
+  readonly #httpAgent = new IdleAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
+  readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
 
-  readonly #pools = new Map<string, Pool>();
-
   /**
-   * Forwards one HTTP request and relays the peer's answer. Lean on purpose: every xhr poll and
-   * send of a proxied session comes through here. Kept-alive connections are undici's, one pool
-   * per peer, driven through `dispatch` with one handler object per request (no streams, no
-   * per-request listeners on the peer side); the client's raw headers go on as one list, the
-   * peer's come back with one writeHead. A fresh connection (after a reset) uses node:http.
+   * Forwards one HTTP request and relays the peer's answer. Lean on purpose (every xhr poll and
+   * send of a proxied session comes through here): the client's raw headers are passed on as one
+   * array (written in one go, no per-header setHeader), a bodiless request is ended at once
+   * instead of piped, and the answer's raw headers go out with one writeHead.
    * `onAnswer` runs when the peer's response headers arrive; `onFail` at most once.
    */
-  web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void = noop): void {
-    if (attempt.fresh) return this.webFresh(req, res, attempt, onFail, onAnswer);
-    const { target } = attempt;
-    const host = hostOf(target);
-    const relay = new Relay(req, res, attempt.setCookie ?? null, onFail, onAnswer);
-    this.pool(target.origin).dispatch({
-      path: req.url ?? '/',
-      method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-      headers: outgoingHeaders(req.rawHeaders, attempt.headers),
-      body: attempt.body !== null ? (attempt.body.length > 0 ? attempt.body : null) : hasBody(req) ? req : null,
-      headersTimeout: attempt.timeoutMs,
-      bodyTimeout: attempt.timeoutMs,
-      // The peer's own name for TLS, not the client's Host header (which undici would use).
-      servername: target.protocol === 'https:' && isIP(host) === 0 ? host : undefined,
-    } as Dispatcher.DispatchOptions, relay);
-  }
-
-  private pool(origin: string): Pool {
-    let pool = this.#pools.get(origin);
-    if (pool === undefined) {
-      // Members come and go; a pool left over for a departed one holds no sockets after PEER_IDLE_MS.
-      if (this.#pools.size >= 256) this.closePools();
-      pool = new Pool(origin, { keepAliveTimeout: PEER_IDLE_MS, keepAliveMaxTimeout: PEER_IDLE_MS, connectTimeout: 10_000 });
-      this.#pools.set(origin, pool);
-    }
-    return pool;
-  }
-
-  private closePools(): void {
-    for (const pool of this.#pools.values()) void pool.destroy().catch(noop);
-    this.#pools.clear();
-  }
-
-  /** The same on a new node:http connection of its own, closed after the answer. */
-  private webFresh(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void): void {
+  web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void = () => undefined): void {
     const { target } = attempt;
     const secure = target.protocol === 'https:';
-    const host = hostOf(target);
+    const host = target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname;
     const options: https.RequestOptions = {
       host,
       port: target.port || (secure ? 443 : 80),
       method: req.method,
       path: req.url,
-      headers: outgoingHeaders(req.rawHeaders, attempt.headers, true),
-      agent: false,
+      headers: outgoingHeaders(req.rawHeaders, attempt.headers),
+      agent: attempt.fresh ? false : secure ? this.#httpsAgent : this.#httpAgent,
       timeout: attempt.timeoutMs > 0 ? attempt.timeoutMs : undefined,
     };
     // With raw headers Node can't read the Host header for SNI: name the peer (never an IP: TLS forbids it).
@@ -122,8 +86,8 @@ export class Forwarder {
     upstream.on('response', (answer: IncomingMessage) => {
       onAnswer();
       if (res.headersSent) return void answer.resume();
-      writeAnswerHead(res, answer.statusCode ?? 502, answer.statusMessage, answer.rawHeaders, attempt.setCookie ?? null);
-      relayStream(answer, res);
+      writeAnswerHead(res, answer, attempt.setCookie ?? null);
+      relay(answer, res);
     });
     if (attempt.body !== null) {
       upstream.end(attempt.body.length > 0 ? attempt.body : undefined);
@@ -205,17 +169,48 @@ export class Forwarder {
 
   close(): void {
     for (const s of this.#upgrades) s.destroy();
-    this.closePools();
+    this.#httpAgent.destroy();
+    this.#httpsAgent.destroy();
   }
 }
 
 /**
- * Kept-alive connections to peers are dropped after this long idle (undici's keep-alive timeout,
- * also when the peer advertises a longer one): below the 5 s after which Node (and so Meteor)
- * closes an idle keep-alive connection, so a request is rarely written on a connection the peer is
- * closing (and one that is gets replayed: see the balancer).
+ * Kept-alive connections to peers are dropped after this long idle: below the 5 s after which
+ * Node (and so Meteor) closes an idle keep-alive connection, so a request is rarely written on a
+ * connection the peer is closing (and one that is gets replayed: see the balancer).
  */
 export const PEER_IDLE_MS = 4000;
+
+/** An agent whose free sockets time out after PEER_IDLE_MS (the agent then destroys them); in use, the request's own timeout applies. */
+class IdleAgent extends http.Agent {
+  // Node returns whether the socket is kept (its types say void).
+  override keepSocketAlive(socket: Socket): void {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+    return kept as void;
+  }
+
+  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+    // A request with a timeout of its own gets it set on the socket by the agent right after this.
+    if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
+    super.reuseSocket(socket, req);
+  }
+}
+
+class IdleHttpsAgent extends https.Agent {
+  // Node returns whether the socket is kept (its types say void).
+  override keepSocketAlive(socket: Socket): void {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+    return kept as void;
+  }
+
+  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+    // A request with a timeout of its own gets it set on the socket by the agent right after this.
+    if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
+    super.reuseSocket(socket, req);
+  }
+}
 
 /** Raw header pairs as lines; `hopByHop` drops the ones that described the upstream connection. */
 function headerLines(raw: readonly string[], hopByHop: boolean): string[] {
@@ -232,18 +227,16 @@ function headerLines(raw: readonly string[], hopByHop: boolean): string[] {
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings']);
 
 /**
- * The request's raw header pairs for the peer, plus `extra`. A client's own hop header never goes
- * on (the balancer has judged it and removed it from `req.headers`, not from the raw list), nor
- * Expect (the client already got its 100 Continue from this server). Transfer-Encoding stays only
- * for node:http (`keepTe`), which then relays the body as it came; undici frames it itself.
+ * The request's raw header pairs for the peer, plus `extra`. Transfer-Encoding stays (the body is
+ * relayed as it came); a client's own hop header never does (the balancer has already judged and
+ * removed it from `req.headers`, not from the raw list).
  */
-function outgoingHeaders(raw: readonly string[], extra: Readonly<Record<string, string>>, keepTe = false): string[] {
+function outgoingHeaders(raw: readonly string[], extra: Readonly<Record<string, string>>): string[] {
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) && !(keepTe && lower === 'transfer-encoding')) continue;
-    if (lower === HOP_HEADER || lower === 'expect') continue;
+    if ((HOP_BY_HOP.has(lower) && lower !== 'transfer-encoding') || lower === HOP_HEADER) continue;
     out.push(name, raw[i + 1] as string);
   }
   for (const name in extra) out.push(name, extra[name] as string);
@@ -251,10 +244,22 @@ function outgoingHeaders(raw: readonly string[], extra: Readonly<Record<string, 
 }
 
 /**
- * The peer's status and headers (raw pairs), written once; connection-level ones are dropped (Node
- * frames the answer for the client's own connection) and `setCookie` is added to the peer's own.
+ * The peer's status and headers, written once; connection-level ones are dropped (Node frames the
+ * answer for the client's own connection) and `setCookie` is added to the peer's own cookies.
  */
-function writeAnswerHead(res: ServerResponse, status: number, message: string | undefined, raw: readonly string[], setCookie: string | null): void {
+function writeAnswerHead(res: ServerResponse, answer: IncomingMessage, setCookie: string | null): void {
+  const raw = answer.rawHeaders;
+  const status = answer.statusCode ?? 502;
+  if (res.getHeaderNames().length > 0) {
+    // Headers set on the response before (none today): Node would merge pairs with setHeader and
+    // lose repeated ones, so set them by name, repeated ones as lists.
+    for (const [name, value] of Object.entries(answer.headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name)) res.setHeader(name, value);
+    }
+    if (setCookie !== null) res.appendHeader('set-cookie', setCookie);
+    res.writeHead(status, answer.statusMessage);
+    return;
+  }
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
@@ -262,89 +267,7 @@ function writeAnswerHead(res: ServerResponse, status: number, message: string | 
     out.push(name, raw[i + 1] as string);
   }
   if (setCookie !== null) out.push('Set-Cookie', setCookie);
-  if (res.getHeaderNames().length > 0) {
-    // Headers set on the response before (none today): writeHead would merge the pairs with
-    // setHeader and lose repeated ones (Set-Cookie), so append them one by one.
-    for (let i = 0; i + 1 < out.length; i += 2) res.appendHeader(out[i] as string, out[i + 1] as string);
-    res.writeHead(status, message);
-    return;
-  }
-  res.writeHead(status, message, out);
-}
-
-/**
- * One proxied request as undici's dispatcher drives it: the answer is written to the client as it
- * comes (streaming transports stay unbuffered; a poll's frame and end leave in one write, Node
- * corks the socket within a tick), with back-pressure, and an abort when the client leaves.
- */
-class Relay implements Dispatcher.DispatchHandlers {
-  readonly #req: IncomingMessage;
-  readonly #res: ServerResponse;
-  readonly #setCookie: string | null;
-  readonly #onFail: ProxyFailure;
-  readonly #onAnswer: () => void;
-  #abort: ((err: Error) => void) | null = null;
-  #resume: (() => void) | null = null;
-  #done = false;
-
-  constructor(req: IncomingMessage, res: ServerResponse, setCookie: string | null, onFail: ProxyFailure, onAnswer: () => void) {
-    this.#req = req;
-    this.#res = res;
-    this.#setCookie = setCookie;
-    this.#onFail = onFail;
-    this.#onAnswer = onAnswer;
-    res.on('close', this.clientClosed);
-  }
-
-  /** The client left before its answer was complete: stop the peer's side too. */
-  readonly clientClosed = (): void => {
-    if (this.#res.writableFinished || this.#done) return;
-    this.#done = true;
-    this.#abort?.(new Error('client closed'));
-  };
-
-  readonly drained = (): void => {
-    this.#resume?.();
-  };
-
-  onConnect(abort: (err?: Error) => void): void {
-    this.#abort = abort;
-    if (this.#done || this.#req.socket.destroyed) {
-      this.#done = true;
-      abort(new Error('client closed'));
-    }
-  }
-
-  onHeaders(status: number, raw: Buffer[], resume: () => void, message: string): boolean {
-    if (status < 200) return true;
-    this.#resume = resume;
-    this.#onAnswer();
-    const res = this.#res;
-    if (res.headersSent || res.destroyed) return true;
-    const headers = new Array<string>(raw.length);
-    for (let i = 0; i < raw.length; i++) headers[i] = (raw[i] as Buffer).toString('latin1');
-    writeAnswerHead(res, status, message, headers, this.#setCookie);
-    return true;
-  }
-
-  onData(chunk: Buffer): boolean {
-    const res = this.#res;
-    if (res.destroyed) return true;
-    if (res.write(chunk)) return true;
-    res.once('drain', this.drained);
-    return false;
-  }
-
-  onComplete(): void {
-    this.#done = true;
-    this.#res.end();
-  }
-
-  onError(err: Error): void {
-    if (this.#done) return;
-    this.#done = true;
-    this.#onFail(nodeError(err), this.#res.headersSent);
-  }
+  res.writeHead(status, answer.statusMessage, out);
 }
 
 /**
@@ -352,7 +275,7 @@ class Relay implements Dispatcher.DispatchHandlers {
  * chunk until the next one, the end, or the next turn of the event loop: an answer that arrives
  * whole (a poll's frame and its end) goes out with its headers in one write instead of two.
  */
-function relayStream(answer: IncomingMessage, res: ServerResponse): void {
+function relay(answer: IncomingMessage, res: ServerResponse): void {
   let held: Buffer | null = null;
   let scheduled = false;
   const flush = (): void => {
@@ -384,32 +307,6 @@ function relayStream(answer: IncomingMessage, res: ServerResponse): void {
   answer.on('close', () => {
     if (!answer.complete) res.destroy();
   });
-}
-
-/** undici's error codes as node:http's would be for the same event (what isRefusal and errorKind read). */
-const UNDICI_CODES: Readonly<Record<string, readonly [code: string, message: string | null]>> = {
-  UND_ERR_SOCKET: ['ECONNRESET', null],
-  // A timed-out proxied request is given up like node:http's destroyed one: not the peer's death.
-  UND_ERR_HEADERS_TIMEOUT: ['ECONNRESET', 'socket hang up'],
-  UND_ERR_BODY_TIMEOUT: ['ECONNRESET', 'socket hang up'],
-  UND_ERR_CONNECT_TIMEOUT: ['ETIMEDOUT', null],
-  UND_ERR_CLOSED: ['ECONNABORTED', null],
-  UND_ERR_DESTROYED: ['ECONNABORTED', null],
-};
-
-function nodeError(err: Error): Error {
-  const code = (err as { code?: unknown }).code;
-  const mapped = typeof code === 'string' ? UNDICI_CODES[code] : undefined;
-  if (mapped === undefined) return err;
-  return Object.assign(new Error(mapped[1] ?? err.message, { cause: err }), { code: mapped[0] });
-}
-
-function hostOf(target: URL): string {
-  return target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname;
-}
-
-function noop(): void {
-  // nothing
 }
 
 function hasBody(req: IncomingMessage): boolean {

@@ -14,7 +14,6 @@ Package.describe({
 // it) and not ws (only the tests do). tests/readme.test.ts checks this list against package.json.
 Npm.depends({
   mongodb: '6.22.0',
-  'http-proxy-3': '1.23.3',
   cookie: '1.1.1',
   'prom-client': '15.1.3',
 });

@@ -105,6 +105,7 @@ export class Balancer {
   /** Bodies of sends read before proxying, so a reset before any answer can replay them. */
   readonly #bodies = new WeakMap<IncomingMessage, Buffer>();
   readonly #origins: ReadonlySet<string>;
+  readonly #endpointUrls = new Map<string, URL>();
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
 
   constructor(deps: BalancerDeps) {
@@ -463,13 +464,24 @@ export class Balancer {
     this.#d.serveRequest(req, res);
   }
 
+  /** A member's endpoint, parsed once (every proxied request needs it), not once per request. */
+  private endpointUrl(endpoint: string): URL {
+    let url = this.#endpointUrls.get(endpoint);
+    if (url === undefined) {
+      if (this.#endpointUrls.size >= 1024) this.#endpointUrls.clear();
+      url = new URL(endpoint);
+      this.#endpointUrls.set(endpoint, url);
+    }
+    return url;
+  }
+
   private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, body: Buffer | null, fresh: boolean,
     setCookie = false): ProxyAttempt {
     const client = clientViewOf(req);
     const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, this.selfId(), member.id, Date.now());
     const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
     return {
-      target: new URL(member.endpoint),
+      target: this.endpointUrl(member.endpoint),
       headers: { [HOP_HEADER]: hop },
       timeoutMs: streaming ? 0 : POLL_TIMEOUT_MS,
       body,

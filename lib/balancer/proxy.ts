@@ -1,14 +1,14 @@
 /**
- * Forwarding to a peer. HTTP goes through http-proxy-3 with a keep-alive agent per scheme;
- * websocket upgrades are piped by hand because http-proxy-3 destroys the client socket when the
- * upstream connect fails, and we must be able to retry another peer before any byte reached
- * the client.
+ * Forwarding to a peer, by hand on node:http with a keep-alive agent per scheme: HTTP requests
+ * (every xhr poll and send of a proxied session) with as little per-request work as possible, and
+ * websocket upgrades piped, so that a failed connect can be retried on another peer before any
+ * byte reached the client.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
-import { Readable } from 'node:stream';
-import { createProxyServer } from 'http-proxy-3';
+import { isIP } from 'node:net';
+import { HOP_HEADER } from './hop';
 
 /** Errors that mean "nobody is listening there": the peer is down (passive health check). */
 const REFUSALS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT']);
@@ -41,43 +41,62 @@ export interface Tunnel {
 export type ProxyFailure = (err: Error, clientTouched: boolean) => void;
 
 export class Forwarder {
-  readonly #proxy = createProxyServer({ xfwd: false, ws: false, prependPath: false });
   readonly #httpAgent = new IdleAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
-  readonly #answered = new WeakMap<IncomingMessage, () => void>();
-  readonly #cookies = new WeakMap<IncomingMessage, string>();
 
-  constructor() {
-    // A proxy error without a callback would be emitted here; never let it become an uncaught 'error'.
-    this.#proxy.on('error', () => undefined);
-    this.#proxy.on('proxyRes', (proxyRes: IncomingMessage, req: IncomingMessage) => {
-      // Emitted before http-proxy-3 copies the peer's headers onto the response (setHeader, which
-      // would replace a cookie set earlier): add ours to the peer's own.
-      const cookie = this.#cookies.get(req);
-      if (cookie !== undefined) {
-        this.#cookies.delete(req);
-        proxyRes.headers['set-cookie'] = [...(proxyRes.headers['set-cookie'] ?? []), cookie];
-      }
-      const cb = this.#answered.get(req);
-      this.#answered.delete(req);
-      cb?.();
-    });
-  }
-
-  /** `onAnswer` runs when the peer's response headers arrive. */
+  /**
+   * Forwards one HTTP request and relays the peer's answer. Lean on purpose (every xhr poll and
+   * send of a proxied session comes through here): the client's raw headers are passed on as one
+   * array (written in one go, no per-header setHeader), a bodiless request is ended at once
+   * instead of piped, and the answer's raw headers go out with one writeHead.
+   * `onAnswer` runs when the peer's response headers arrive; `onFail` at most once.
+   */
   web(req: IncomingMessage, res: ServerResponse, attempt: ProxyAttempt, onFail: ProxyFailure, onAnswer: () => void = () => undefined): void {
-    this.#answered.set(req, onAnswer);
-    if (attempt.setCookie) this.#cookies.set(req, attempt.setCookie);
-    const secure = attempt.target.protocol === 'https:';
-    this.#proxy.web(req, res, {
-      target: attempt.target.origin,
+    const { target } = attempt;
+    const secure = target.protocol === 'https:';
+    const host = target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname;
+    const options: https.RequestOptions = {
+      host,
+      port: target.port || (secure ? 443 : 80),
+      method: req.method,
+      path: req.url,
+      headers: outgoingHeaders(req.rawHeaders, attempt.headers),
       agent: attempt.fresh ? false : secure ? this.#httpsAgent : this.#httpAgent,
-      headers: attempt.headers,
-      proxyTimeout: attempt.timeoutMs || undefined,
-      buffer: attempt.body === null ? undefined : Readable.from(attempt.body.length > 0 ? [attempt.body] : []),
-      secure: true,
-    }, (err: Error) => onFail(err, res.headersSent));
+      timeout: attempt.timeoutMs > 0 ? attempt.timeoutMs : undefined,
+    };
+    // With raw headers Node can't read the Host header for SNI: name the peer (never an IP: TLS forbids it).
+    if (secure && isIP(host) === 0) options.servername = host;
+    const upstream = (secure ? https : http).request(options);
+    let failed = false;
+    const fail = (err: Error): void => {
+      // The client went away (its reset surfaces here too): nothing to answer, just stop.
+      if (req.socket.destroyed && (err as { code?: unknown }).code === 'ECONNRESET') return void upstream.destroy();
+      if (failed) return;
+      failed = true;
+      onFail(err, res.headersSent);
+    };
+    upstream.on('error', fail);
+    // Set through the options, the agent arms the socket's timer once as it hands the socket over.
+    if (attempt.timeoutMs > 0) upstream.on('timeout', () => upstream.destroy());
+    // The client left before the answer was complete: drop the peer's side too.
+    res.on('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
+    upstream.on('response', (answer: IncomingMessage) => {
+      onAnswer();
+      if (res.headersSent) return void answer.resume();
+      writeAnswerHead(res, answer, attempt.setCookie ?? null);
+      relay(answer, res);
+    });
+    if (attempt.body !== null) {
+      upstream.end(attempt.body.length > 0 ? attempt.body : undefined);
+    } else if (hasBody(req)) {
+      req.on('error', fail);
+      req.pipe(upstream);
+    } else {
+      upstream.end();
+    }
   }
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer, attempt: ProxyAttempt, onFail: ProxyFailure, onOpen: () => void): void {
@@ -152,7 +171,6 @@ export class Forwarder {
     for (const s of this.#upgrades) s.destroy();
     this.#httpAgent.destroy();
     this.#httpsAgent.destroy();
-    this.#proxy.close();
   }
 }
 
@@ -173,7 +191,8 @@ class IdleAgent extends http.Agent {
   }
 
   override reuseSocket(socket: Socket, req: http.ClientRequest): void {
-    socket.setTimeout(0);
+    // A request with a timeout of its own gets it set on the socket by the agent right after this.
+    if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
     super.reuseSocket(socket, req);
   }
 }
@@ -187,7 +206,8 @@ class IdleHttpsAgent extends https.Agent {
   }
 
   override reuseSocket(socket: Socket, req: http.ClientRequest): void {
-    socket.setTimeout(0);
+    // A request with a timeout of its own gets it set on the socket by the agent right after this.
+    if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
     super.reuseSocket(socket, req);
   }
 }
@@ -201,4 +221,95 @@ function headerLines(raw: readonly string[], hopByHop: boolean): string[] {
     out.push(`${name}: ${raw[i + 1] as string}`);
   }
   return out;
+}
+
+/** Headers that describe one connection, not the request: never passed on (RFC 9110 7.6.1), nor a client's hop header. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings']);
+
+/**
+ * The request's raw header pairs for the peer, plus `extra`. Transfer-Encoding stays (the body is
+ * relayed as it came); a client's own hop header never does (the balancer has already judged and
+ * removed it from `req.headers`, not from the raw list).
+ */
+function outgoingHeaders(raw: readonly string[], extra: Readonly<Record<string, string>>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if ((HOP_BY_HOP.has(lower) && lower !== 'transfer-encoding') || lower === HOP_HEADER) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  for (const name in extra) out.push(name, extra[name] as string);
+  return out;
+}
+
+/**
+ * The peer's status and headers, written once; connection-level ones are dropped (Node frames the
+ * answer for the client's own connection) and `setCookie` is added to the peer's own cookies.
+ */
+function writeAnswerHead(res: ServerResponse, answer: IncomingMessage, setCookie: string | null): void {
+  const raw = answer.rawHeaders;
+  const status = answer.statusCode ?? 502;
+  if (res.getHeaderNames().length > 0) {
+    // Headers set on the response before (none today): Node would merge pairs with setHeader and
+    // lose repeated ones, so set them by name, repeated ones as lists.
+    for (const [name, value] of Object.entries(answer.headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name)) res.setHeader(name, value);
+    }
+    if (setCookie !== null) res.appendHeader('set-cookie', setCookie);
+    res.writeHead(status, answer.statusMessage);
+    return;
+  }
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (HOP_BY_HOP.has(name.toLowerCase())) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  if (setCookie !== null) out.push('Set-Cookie', setCookie);
+  res.writeHead(status, answer.statusMessage, out);
+}
+
+/**
+ * Relays the peer's answer body as it comes (streaming transports stay unbuffered), holding each
+ * chunk until the next one, the end, or the next turn of the event loop: an answer that arrives
+ * whole (a poll's frame and its end) goes out with its headers in one write instead of two.
+ */
+function relay(answer: IncomingMessage, res: ServerResponse): void {
+  let held: Buffer | null = null;
+  let scheduled = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (held === null || res.destroyed) return;
+    const chunk = held;
+    held = null;
+    if (!res.write(chunk)) {
+      answer.pause();
+      res.once('drain', () => answer.resume());
+    }
+  };
+  answer.on('data', (chunk: Buffer) => {
+    flush();
+    held = chunk;
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
+  });
+  answer.on('end', () => {
+    const chunk = held;
+    held = null;
+    if (chunk === null) res.end();
+    else res.end(chunk);
+  });
+  // A peer that dies mid-answer: the client must see a broken response, not a hanging one.
+  answer.on('error', () => res.destroy());
+  answer.on('close', () => {
+    if (!answer.complete) res.destroy();
+  });
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const len = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
 }

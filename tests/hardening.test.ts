@@ -239,9 +239,10 @@ describe('hardening (issue 12)', function () {
     const handshake = `GET /cluster-ddp/${hashB}/web/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
       + 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
     const port = Number(new URL(a.url).port);
-    const connectionsOf = (i: Instance): Promise<number> => new Promise((resolve) => i.app.server.getConnections((_e, n) => resolve(n)));
-    // Peers' health checks keep one connection each to b.
-    const baseline = await connectionsOf(b);
+    // Every socket that brought b an upgrade (recorded before b's own listener handles it). Peers'
+    // health-check connections to b come and go on their own schedule, so they are not counted.
+    const upgraded = new Set<net.Socket>();
+    b.app.server.prependListener('upgrade', (_req: unknown, socket: net.Socket) => void upgraded.add(socket));
     await times(20, 5, () => new Promise<void>((resolve) => {
       // The client sends its handshake and leaves before the peer can answer.
       const socket = net.connect(port, '127.0.0.1', () => socket.end(handshake, () => {
@@ -251,9 +252,12 @@ describe('hardening (issue 12)', function () {
       socket.on('error', () => resolve());
     }));
     await eventually(() => a.cluster.stats().hopsOut >= 20, 'a forwarded the 20 handshakes');
-    await eventually(async () => a.cluster.stats().openProxiedSockets === 0 && a.cluster.stats().pendingProxies === 0 && (await connectionsOf(b)) <= baseline,
-      'no tunnel left on a and no connection left on b', 10_000).catch(async (err: Error) => {
-      throw new Error(`${err.message}: ${JSON.stringify({ tunnels: a.cluster.stats().openProxiedSockets, pending: a.cluster.stats().pendingProxies, bConnections: await connectionsOf(b), baseline })}`);
+    const open = (): number => [...upgraded].filter((s) => !s.destroyed).length;
+    // The handshakes did reach b (18-20 of 20 in practice): the check below is about real sockets.
+    assert.ok(upgraded.size > 0, 'b received proxied handshakes');
+    await eventually(() => a.cluster.stats().openProxiedSockets === 0 && a.cluster.stats().pendingProxies === 0 && open() === 0,
+      'no tunnel left on a and no upgraded connection left on b', 10_000).catch((err: Error) => {
+      throw new Error(`${err.message}: ${JSON.stringify({ tunnels: a.cluster.stats().openProxiedSockets, pending: a.cluster.stats().pendingProxies, upgradedOnB: upgraded.size, stillOpenOnB: open() })}`);
     });
   });
 

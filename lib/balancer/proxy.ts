@@ -181,36 +181,32 @@ export class Forwarder {
  */
 export const PEER_IDLE_MS = 4000;
 
-/** An agent whose free sockets time out after PEER_IDLE_MS (the agent then destroys them); in use, the request's own timeout applies. */
-class IdleAgent extends http.Agent {
-  // Node returns whether the socket is kept (its types say void).
-  override keepSocketAlive(socket: Socket): void {
-    const kept: unknown = super.keepSocketAlive(socket);
-    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
-    return kept as void;
-  }
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- TypeScript requires exactly this for a mixin base.
+type AgentClass = new (...args: any[]) => http.Agent;
 
-  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
-    // A request with a timeout of its own gets it set on the socket by the agent right after this.
-    if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
-    super.reuseSocket(socket, req);
-  }
+/**
+ * An agent (http or https) whose free sockets time out after PEER_IDLE_MS (the agent then destroys
+ * them); in use, the request's own timeout applies.
+ */
+function idleAfterUse<B extends AgentClass>(Base: B) {
+  return class extends Base {
+    // Node returns whether the socket is kept (its types say void).
+    override keepSocketAlive(socket: Socket): void {
+      const kept: unknown = super.keepSocketAlive(socket);
+      if (kept === true) socket.setTimeout(PEER_IDLE_MS);
+      return kept as void;
+    }
+
+    override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+      // A request with a timeout of its own gets it set on the socket by the agent right after this.
+      if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
+      super.reuseSocket(socket, req);
+    }
+  };
 }
 
-class IdleHttpsAgent extends https.Agent {
-  // Node returns whether the socket is kept (its types say void).
-  override keepSocketAlive(socket: Socket): void {
-    const kept: unknown = super.keepSocketAlive(socket);
-    if (kept === true) socket.setTimeout(PEER_IDLE_MS);
-    return kept as void;
-  }
-
-  override reuseSocket(socket: Socket, req: http.ClientRequest): void {
-    // A request with a timeout of its own gets it set on the socket by the agent right after this.
-    if (!(req as { timeout?: number }).timeout) socket.setTimeout(0);
-    super.reuseSocket(socket, req);
-  }
-}
+const IdleAgent = idleAfterUse(http.Agent);
+const IdleHttpsAgent = idleAfterUse(https.Agent);
 
 /** Raw header pairs as lines; `hopByHop` drops the ones that described the upstream connection. */
 function headerLines(raw: readonly string[], hopByHop: boolean): string[] {

@@ -9,6 +9,7 @@ export { classify, type RequestFacts, type Transport } from './balancer/classify
 export { route, type Decision, type RoutePolicy, type RouteState } from './balancer/route';
 export type { BalancerStats } from './balancer/balancer';
 export { endpointHash } from './sign';
+export { pinnedPath } from './balancer/info';
 export { rendezvous } from './balancer/rendezvous';
 export { drainOnSignals, type Drainable, type ShutdownSignal } from './signals';
 export { drainSessions, type DrainReport, type Closable } from './drain';

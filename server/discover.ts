@@ -1,4 +1,4 @@
-import { rendezvous } from '../lib/index';
+import { pinnedPath, rendezvous } from '../lib/index';
 import type { ClusterHandle, Logger, Member, MembershipView } from '../lib/index';
 import type { DdpConnection } from './meteor-env';
 
@@ -65,7 +65,7 @@ export class ServiceConnection {
     if (next === null) return; // nobody else: Meteor keeps retrying where it is
     this.#member = next;
     this.#retriesAtMove = status.retryCount;
-    this.#url = `${new URL(next.endpoint).origin}${prefix}/cluster-ddp/${next.endpointHash}/${next.service}`;
+    this.#url = new URL(next.endpoint).origin + pinnedPath(next, next.service, prefix);
     this.connection.reconnect({ url: this.#url });
   }
 

@@ -11,7 +11,7 @@ import type { Logger } from '../log';
 import type { Keys } from '../sign';
 import { classify, type DdpFacts, type RequestFacts } from './classify';
 import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
-import { baseUrlFor, sendInfo } from './info';
+import { baseUrlFor, pinnedPath, sendInfo } from './info';
 import { PendingLoad, type LoadReport } from './pending';
 import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
@@ -184,7 +184,7 @@ export class Balancer {
     this.newSession(d.member);
     // The member's pinned path on its own balancer: that balancer serves the page's sessions
     // itself instead of routing them again (Meteor appends /sockjs or /websocket to the URL).
-    return `${d.member.balancer}${this.#classifyOptions.pathPrefix}/cluster-ddp/${d.member.endpointHash}/${d.member.service}`;
+    return d.member.balancer + pinnedPath(d.member, d.member.service, this.#classifyOptions.pathPrefix);
   }
 
   stats(): BalancerStats {

@@ -17,6 +17,11 @@ export interface OriginPolicy {
   readonly forwardedCount: number;
 }
 
+/** The path that names `member` (and `service`) to any balancer: `<prefix>/cluster-ddp/<endpointHash>/<service>`. */
+export function pinnedPath(member: Pick<Member, 'endpointHash'>, service: string, pathPrefix: string): string {
+  return `${pathPrefix}/cluster-ddp/${member.endpointHash}/${service}`;
+}
+
 /**
  * Where a client should open its session on `member`: the member's public balancer URL when it
  * has one (the client then connects straight to it), else the instance the client already talks
@@ -24,8 +29,7 @@ export interface OriginPolicy {
  * (its websocket transport derives ws:// from the http:// prefix).
  */
 export function baseUrlFor(req: IncomingMessage, member: Member, service: string, pathPrefix: string, policy: OriginPolicy): string {
-  const path = `${pathPrefix}/cluster-ddp/${member.endpointHash}/${service}`;
-  return (member.balancer ?? policy.balancerUrl ?? requestOrigin(req, policy.forwardedCount)) + path;
+  return (member.balancer ?? policy.balancerUrl ?? requestOrigin(req, policy.forwardedCount)) + pinnedPath(member, service, pathPrefix);
 }
 
 /**

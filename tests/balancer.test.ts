@@ -183,7 +183,7 @@ describe('balancer (three real instances, real clients)', function () {
       return out;
     };
 
-    it('spreads the next 30 sessions entering A within 1.2 max/mean right after a burst of 100 on A closed', async () => {
+    it('does not hold its stale report of 100 against A: right after the burst closed, A takes its share of the next 30 sessions and no peer gets more than 1.2× the mean', async () => {
       cluster = await startCluster(IDS, url);
       const hashA = at(A).cluster.view().self!.endpointHash;
       const burst = await pool(Array.from({ length: 100 }), 20, async () => track(await wsDdp(`${at(A).url}/cluster-ddp/${hashA}/web`)));
@@ -194,7 +194,13 @@ describe('balancer (three real instances, real clients)', function () {
       await allClosed();
       const next = await enterA(30);
       figures.afterBurstClosed = spread(next).counts;
-      assert.ok(maxOverMean(next) <= 1.2, `max/mean ${maxOverMean(next)} ${JSON.stringify(spread(next).counts)}`);
+      // Judged by its stale 100, A would send every one away (0 / 15 / 15). While the peers'
+      // reports lag behind, A assumes they took as many as it kept (even arrival, see pending.ts),
+      // so A may keep somewhat more than a third here; what it must not do is starve itself.
+      const counts = JSON.stringify(spread(next).counts);
+      const mean = next.length / IDS.length;
+      assert.ok(next.filter((x) => x === 'a').length >= 0.7 * mean, `A took its share: ${counts}`);
+      for (const id of ['b', 'c']) assert.ok(next.filter((x) => x === id).length <= 1.2 * mean, `${id} within 1.2× the mean: ${counts}`);
     });
 
     it('spreads the next 30 sessions entering A within 1.2 max/mean after sessions it routed to peers vanished before their report', async () => {

@@ -11,7 +11,7 @@ Package.describe({
 
 // The package.json "dependencies" that the server code imports at run time, at the same exact
 // versions (Npm.depends takes exact versions only). Not commander (only the ddp-cluster CLI uses
-// it) and not ws (only the tests do). tests/readme.test.ts checks this list against package.json.
+// it). tests/readme.test.ts checks this list against package.json.
 Npm.depends({
   mongodb: '6.22.0',
   cookie: '1.1.1',

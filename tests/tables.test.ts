@@ -34,6 +34,18 @@ describe('bounded tables', () => {
       assert.equal(guard.check('n4999', now), true, 'the newest are remembered');
       assert.equal(guard.size, 1000);
     });
+    it('keeps nonces for as long as it is told (drain commands: their whole acceptance window)', () => {
+      let now = 0;
+      const guard = new ReplayGuard(256, () => now, 6 * 60_000);
+      assert.equal(guard.check('drain-1', 0), false);
+      now += 5 * 60_000;
+      assert.equal(guard.check('drain-1', 0), true, 'a replay 5 min later is refused');
+      now += 60_001;
+      guard.check('drain-2', 0);
+      assert.equal(guard.size, 1, 'forgotten once its request could no longer be accepted');
+      for (let i = 0; i < 1000; i++) guard.check(`d${i}`, 0);
+      assert.equal(guard.size, 256, 'and never more than its cap');
+    });
   });
 
   describe('LocalSessions (the poll table behind the fallback session count)', () => {

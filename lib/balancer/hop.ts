@@ -142,10 +142,13 @@ export class ReplayGuard {
   readonly #seen = new Map<string, number>();
   readonly #max: number;
   readonly #now: () => number;
+  readonly #keepMs: number;
 
-  constructor(max = REPLAY_MAX, now: () => number = Date.now) {
+  /** `keepMs`: how long a nonce is remembered (by default as long as a hop header could verify). */
+  constructor(max = REPLAY_MAX, now: () => number = Date.now, keepMs = 2 * HOP_WINDOW_MS) {
     this.#max = max;
     this.#now = now;
+    this.#keepMs = keepMs;
   }
 
   /** True when `nonce` was already used; records it otherwise. */
@@ -157,7 +160,7 @@ export class ReplayGuard {
       const oldest = this.#seen.keys().next().value;
       if (oldest !== undefined) this.#seen.delete(oldest);
     }
-    this.#seen.set(nonce, now + 2 * HOP_WINDOW_MS);
+    this.#seen.set(nonce, now + this.#keepMs);
     return false;
   };
 

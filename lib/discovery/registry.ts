@@ -8,7 +8,8 @@ import type { Logger } from '../log';
 import { endpointHash, keysFrom, type Keys } from '../sign';
 import { PACKAGE_VERSION } from '../version';
 import { checkEntry, signEntry, type EntryDoc, type MemberState } from './entry';
-import { DRAIN_FIELD, checkDrainRequest, type DrainRequest } from '../commands';
+import { DRAIN_FIELD, DRAIN_MAX_AGE_MS, DRAIN_MAX_SKEW_MS, checkDrainRequest, type DrainRequest } from '../commands';
+import { ReplayGuard } from '../balancer/hop';
 import { buildView, diffViews, type DuplicateEndpoint, type Member, type MembershipView, type Observed } from './view';
 
 export interface RegistryOptions {
@@ -54,7 +55,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
   readonly #mongoOptions: MongoClientOptions;
   readonly #startedAt = new Date();
   readonly #observations = new Map<string, Observation>();
-  readonly #commandNonces = new Set<string>();
+  /** Drain commands acted on, remembered while they could still be accepted (replays are refused). */
+  readonly #commandNonces = new ReplayGuard(256, Date.now, DRAIN_MAX_AGE_MS + DRAIN_MAX_SKEW_MS);
   readonly #registered: boolean;
   #client: MongoClient | null = null;
   #collection: Collection<EntryDoc> | null = null;
@@ -237,13 +239,13 @@ export class Registry extends EventEmitter<RegistryEvents> {
     }
     const check = checkDrainRequest(raw, this.#keys, {
       instanceId: this.#config.instanceId, startedAt: this.#startedAt.getTime(), now: Date.now(),
-      seen: (nonce) => this.#commandNonces.has(nonce),
+      // Checked last, so only a request that passed every other check is remembered.
+      seen: (nonce) => this.#commandNonces.check(nonce, 0),
     });
     if (!check.ok) {
       this.#log.warn('command.ignored', { command: 'drain', reason: check.reason });
       return;
     }
-    this.#commandNonces.add(check.request.nonce);
     this.#log.info('command.drain', { requestedBy: check.request.requestedBy, requestedAt: check.request.requestedAt });
     this.fire('drainRequested', check.request);
   }

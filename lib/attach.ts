@@ -11,7 +11,6 @@ import { Registry, type RegistryEvents } from './discovery/registry';
 import type { MembershipView } from './discovery/view';
 import { LoadSampler } from './load';
 import { createLogger, type Logger } from './log';
-import { keysFrom } from './sign';
 import { Balancer, rejectUpgrade, reply, type BalancerStats, type RequestLike } from './balancer/balancer';
 import { createDashboard } from './dashboard';
 import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
@@ -80,8 +79,7 @@ const MAINTAIN_EVERY_MS = 5_000;
 export function attach(server: Server, options: AttachOptions = {}): ClusterHandle {
   const config = parseConfig(options, options.env ?? process.env);
   const logger = options.logger ?? createLogger(config.logLevel, { instance: config.instanceId });
-  const keys = keysFrom(config.secret, config.previousSecret);
-  if (keys === null && config.discoveryUrl !== null) {
+  if (config.secret === null && config.discoveryUrl !== null) {
     logger.warn('cluster.no_secret', {
       note: 'CLUSTER_SECRET is not set: registry entries are unsigned and proxied clients keep the balancer\'s address',
       fix: 'set CLUSTER_SECRET to the same random value (at least 16 bytes) on every instance',
@@ -112,6 +110,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   let opened = (): { opened: number; pending: number } => ({ opened: 0, pending: 0 });
   const sampler = new LoadSampler(sessionCount, config.capacity, () => opened());
   const registry = new Registry({ config, logger, load: () => sampler.sample() });
+  // The signing keys, derived once from the config (by the registry, which signs its entries).
+  const keys = registry.keys;
 
   const requestListeners = server.listeners('request') as RequestListener[];
   const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { NAME_PATTERN } from './names';
 
 /** Log levels in increasing severity; `silent` turns logging off. */
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
@@ -137,14 +138,13 @@ function duration(env: string, minMs: number, example: string): Field<number> {
   return field;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 function name(env: string): Field<string> {
   const field: Field<string> = {
     env,
     parse(raw, show) {
       const v = raw.trim();
-      if (!NAME_RE.test(v)) fail(field, show, 'use 1-64 letters, digits, "_" or "-", starting with a letter or digit, e.g. web');
+      if (!NAME_PATTERN.test(v)) fail(field, show, 'use 1-64 letters, digits, "_" or "-", starting with a letter or digit, e.g. web');
       return v;
     },
   };

@@ -2,6 +2,7 @@ import {
   attach, ConfigError, createLogger, drainOnSignals, parseConfig, redactedConfig,
   type ClusterHandle, type ClusterOptions, type ClusterStats, type MembershipView, type RegistryEvents,
 } from '../lib/index';
+import { NAME_PATTERN } from '../lib/names';
 import { ServiceConnection } from './discover';
 import type { DdpConnection, DdpConnectOptions, ServerPackages } from './meteor-env';
 import { pinDdpUrl } from './pin-ddp-url';
@@ -42,7 +43,6 @@ export interface ClusterApi {
 
 /** Never resolves (RFC 2606): a discovered connection waits here, disconnected, for its first member. */
 const NOWHERE = 'http://ddp-cluster.invalid';
-const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 type Writable<T> = { -readonly [K in keyof T]: T[K] };
 interface Subscription { readonly event: string; readonly listener: unknown; readonly apply: (h: ClusterHandle) => void }
@@ -95,7 +95,7 @@ export class MeteorCluster implements ClusterApi {
   }
 
   discoverConnection(service: string, ddpOptions?: DdpConnectOptions): DdpConnection {
-    if (!SERVICE_NAME.test(String(service))) {
+    if (!NAME_PATTERN.test(String(service))) {
       throw new Error(`Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
     }
     if (this.#started && !this.#handle) {

@@ -126,6 +126,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.#rttMs;
   }
 
+  /** The signing keys of this cluster (CLUSTER_SECRET and CLUSTER_PREVIOUS_SECRET), derived once; null without a secret. */
+  get keys(): Keys | null {
+    return this.#keys;
+  }
+
   get registered(): boolean {
     return this.#registered;
   }

@@ -3,6 +3,7 @@
  * for public services, and the way back from a pinned balancer that stopped answering.
  */
 import { FALLBACK_KEY, NAME_PATTERN } from '../lib/names';
+import { ClusterError } from '../lib/outcomes';
 import type { ClientPackages, DdpConnection, DdpConnectOptions, DdpStatus, MeteorClient } from './meteor-env';
 
 export type { DdpConnection, DdpConnectOptions } from './meteor-env';
@@ -24,7 +25,7 @@ const POLL_EVERY_MS = 250;
 
 function packages(): ClientPackages {
   const pkg = (globalThis as { Package?: Partial<ClientPackages> }).Package;
-  if (!pkg?.meteor?.Meteor || !pkg['ddp-client']?.DDP) throw new Error('ddp-cluster: the client glue must run in a Meteor client that uses ddp');
+  if (!pkg?.meteor?.Meteor || !pkg['ddp-client']?.DDP) throw new ClusterError('DDPC_ERR_NOT_METEOR', 'ddp-cluster: the client glue must run in a Meteor client that uses ddp');
   return pkg as ClientPackages;
 }
 
@@ -36,7 +37,7 @@ export interface ClientClusterApi {
 export const Cluster: ClientClusterApi = {
   discoverConnection(service, ddpOptions) {
     if (!NAME_PATTERN.test(String(service))) {
-      throw new Error(`Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
+      throw new ClusterError('DDPC_ERR_SERVICE_NAME', `Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
     }
     const { Meteor } = packages().meteor;
     // Any balancer serves public services at /<service>/sockjs and /<service>/websocket. Cordova

@@ -6,14 +6,14 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { parseConfig, redactedConfig, type ClusterConfig, type ClusterOptions } from './config';
-import type { MemberState } from './discovery/entry';
+import type { ClusterStats, MemberState } from './outcomes';
 import { Registry, type RegistryEvents } from './discovery/registry';
 import type { MembershipView } from './discovery/view';
 import { LoadSampler } from './load';
 import { createLogger, type Logger } from './log';
-import { Balancer, rejectUpgrade, reply, type BalancerStats, type RequestLike } from './balancer/balancer';
+import { Balancer, rejectUpgrade, reply, type RequestLike } from './balancer/balancer';
 import { createDashboard } from './dashboard';
-import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
+import { HealthChecker, overlayHealth } from './balancer/health';
 import { viewFromMembers } from './discovery/view';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
@@ -33,17 +33,7 @@ export interface AttachOptions extends ClusterOptions {
   readonly random?: () => number;
 }
 
-export interface ClusterStats extends BalancerStats {
-  readonly instanceId: string;
-  /** Active health-check results per peer. */
-  readonly health: Readonly<Record<string, HealthStatus>>;
-  readonly discoveryRttMs: number | null;
-  readonly state: MemberState;
-  readonly sessions: number;
-  readonly members: number;
-  readonly healthyMembers: number;
-  readonly discoveryOk: boolean;
-}
+export type { ClusterStats } from './outcomes';
 
 export interface ClusterHandle {
   readonly config: ClusterConfig;
@@ -179,10 +169,25 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   });
   opened = () => ({ opened: balancer.opened(), pending: balancer.pendingHere() });
 
+  const stats = (): ClusterStats => {
+    const view = effective;
+    return {
+      ...balancer.stats(),
+      instanceId: config.instanceId,
+      state: registry.state,
+      sessions: sessionCount(),
+      members: view.members.length,
+      healthyMembers: view.members.filter((m) => m.healthy).length,
+      discoveryOk: view.discoveryOk,
+      health: checker.all(),
+      discoveryRttMs: registry.rttMs,
+    };
+  };
+
   let handle: ClusterHandle | null = null;
   const dashboard = createDashboard({
     config, logger, view: () => effective,
-    stats: () => (handle ? handle.stats() : {}) as unknown as Readonly<Record<string, unknown>>,
+    stats: () => stats(),
     on: (event, listener) => void registry.on(event, listener as never),
   });
 
@@ -265,20 +270,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     config,
     logger,
     view: () => effective,
-    stats(): ClusterStats {
-      const view = effective;
-      return {
-        ...balancer.stats(),
-        instanceId: config.instanceId,
-        state: registry.state,
-        sessions: sessionCount(),
-        members: view.members.length,
-        healthyMembers: view.members.filter((m) => m.healthy).length,
-        discoveryOk: view.discoveryOk,
-        health: checker.all(),
-        discoveryRttMs: registry.rttMs,
-      };
-    },
+    stats,
     ready: () => registry.ready(),
     setState: (state) => registry.setState(state),
     drain(o = {}): Promise<DrainReport> {

@@ -7,15 +7,15 @@
 import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import type { MembershipView } from './discovery/view';
 import { MEMBER_STATES } from './discovery/entry';
-import { ROUTE_REASONS } from './reasons';
+import { ROUTE_ACTIONS, ROUTE_REASONS, type ClusterStats, type HealthStatus } from './outcomes';
 
-const ACTIONS: ReadonlySet<string> = new Set(['serve', 'proxy', 'pin', 'reject']);
+const ACTIONS: ReadonlySet<string> = new Set(ROUTE_ACTIONS);
 const REASONS: ReadonlySet<string> = new Set(ROUTE_REASONS);
 
 export interface MetricsDeps {
   readonly view: () => MembershipView;
-  /** The ClusterStats of lib/attach.ts, read defensively (fields may be added or missing). */
-  readonly stats: () => Readonly<Record<string, unknown>>;
+  /** The instance's stats, read defensively: a missing figure is no sample (or 0), never a failed scrape. */
+  readonly stats: () => MetricsStats;
   readonly instanceId: string;
   readonly service: string | null;
   readonly appVersion: string | null;
@@ -29,13 +29,11 @@ export interface ClusterMetrics {
   metrics(): Promise<string>;
 }
 
-/** A health-check result as `stats().health` reports it per member id. */
-interface CheckResult {
-  readonly up: boolean;
-  readonly checkedAt: number;
-  readonly rttMs: number | null;
-  readonly reason: string;
-}
+/** What the metrics read of a health-check result. */
+export type CheckResult = Pick<HealthStatus, 'up' | 'checkedAt' | 'rttMs' | 'reason'>;
+
+/** The ClusterStats the metrics read; any figure may be missing. */
+export type MetricsStats = Readonly<Partial<Omit<ClusterStats, 'health'>> & { readonly health?: Readonly<Record<string, CheckResult>> }>;
 
 export const METRIC_NAMES = [
   'ddp_cluster_info',
@@ -69,29 +67,23 @@ export const METRIC_NAMES = [
 
 interface Snapshot {
   readonly view: MembershipView;
-  readonly stats: Readonly<Record<string, unknown>>;
+  readonly stats: MetricsStats;
   readonly now: number;
 }
 
 const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
 /** Milliseconds to seconds without float noise (0.0021, not 0.0021000000000000003). */
 const sec = (ms: number): number => Math.round(ms * 1000) / 1e6;
-const counts = (v: unknown): [string, number][] =>
-  typeof v === 'object' && v !== null ? Object.entries(v as Record<string, unknown>).map(([k, n]) => [k, num(n)]) : [];
+const counts = (v: Readonly<Record<string, number | undefined>> | undefined): [string, number][] =>
+  v === undefined ? [] : Object.entries(v).map(([k, n]) => [k, num(n)]);
 
-export function healthResults(stats: Readonly<Record<string, unknown>>): Record<string, CheckResult> | null {
+/** The health-check results of `stats`, one per member id; null when the stats have none. */
+export function healthResults(stats: MetricsStats): Record<string, CheckResult> | null {
   const h = stats.health;
-  if (typeof h !== 'object' || h === null) return null;
+  if (h === undefined) return null;
   const out: Record<string, CheckResult> = {};
-  for (const [id, r] of Object.entries(h as Record<string, unknown>)) {
-    if (typeof r !== 'object' || r === null) continue;
-    const x = r as Record<string, unknown>;
-    out[id] = {
-      up: x.up === true,
-      checkedAt: num(x.checkedAt),
-      rttMs: typeof x.rttMs === 'number' ? x.rttMs : null,
-      reason: typeof x.reason === 'string' ? x.reason : '',
-    };
+  for (const [id, r] of Object.entries(h)) {
+    out[id] = { up: r.up, checkedAt: num(r.checkedAt), rttMs: r.rttMs, reason: r.reason };
   }
   return out;
 }
@@ -168,7 +160,7 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       if (i !== -1 && ACTIONS.has(action) && REASONS.has(reason)) c.inc({ action, reason }, n);
     }
   });
-  const scalar = (name: string, help: string, field: string): void =>
+  const scalar = (name: string, help: string, field: 'proxyErrors' | 'retries' | 'untrustedHops'): void =>
     void counter(name, help, [], (c, s) => c.inc(num(s.stats[field])));
   scalar('ddp_cluster_proxy_errors_total', 'Proxied requests and upgrades that failed.', 'proxyErrors');
   scalar('ddp_cluster_proxy_retries_total', 'New sessions retried on another member after a failed connect.', 'retries');

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
-import { ROUTE_REASONS } from '../lib/reasons';
+import { ROUTE_REASONS } from '../lib/outcomes';
 import { keysFrom } from '../lib/sign';
 import { TEST_SECRET, freePort, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { eventually } from './support/wait';

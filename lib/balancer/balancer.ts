@@ -16,38 +16,12 @@ import { PendingLoad, type LoadReport } from './pending';
 import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
-import { errorKind, type ErrorKind, type RouteReason } from '../reasons';
+import { ClusterError, errorKind, type BalancerStats, type ErrorKind } from '../outcomes';
 
 /** What routing reads of a request: its headers (webapp's categorized requests have them too). */
 export type RequestLike = Pick<IncomingMessage, 'headers'>;
 
-export interface BalancerStats {
-  requests: number;
-  upgrades: number;
-  served: number;
-  proxied: number;
-  pinned: number;
-  rejected: number;
-  /** Requests that arrived from a peer with a verified hop header. */
-  hopsIn: number;
-  /** Requests and upgrades this instance forwarded to a peer. */
-  hopsOut: number;
-  retries: number;
-  proxyErrors: number;
-  untrustedHops: number;
-  /** Refused by the Origin allow-list (CLUSTER_ALLOWED_ORIGINS). */
-  forbiddenOrigins: number;
-  /** Refused because too many proxied requests were pending. */
-  overloaded: number;
-  pendingProxies: number;
-  byTransport: Record<string, number>;
-  /** Requests and upgrades forwarded to a peer, by transport. */
-  proxiedByTransport: Record<string, number>;
-  /** Routing decisions by `<action>:<reason>`; reasons are the fixed codes of lib/reasons.ts. */
-  byReason: Partial<Record<`${Decision['action']}:${RouteReason}`, number>>;
-  sessionTable: number;
-  openProxiedSockets: number;
-}
+export type { BalancerStats } from '../outcomes';
 
 export interface BalancerDeps {
   readonly config: ClusterConfig;
@@ -512,7 +486,7 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
       size += chunk.length;
       if (size > max) {
         req.destroy();
-        reject(new Error('body too large'));
+        reject(new ClusterError('DDPC_ERR_BODY_TOO_LARGE', 'body too large'));
       } else {
         chunks.push(chunk);
       }

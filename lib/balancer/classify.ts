@@ -10,7 +10,7 @@
  * Everything else is the app's (pages, assets, routes).
  */
 
-import type { MalformedReason } from '../reasons';
+import type { MalformedReason } from '../outcomes';
 import { NAME_PATTERN } from '../names';
 
 export const TRANSPORTS = ['websocket', 'xhr', 'xhr_send', 'xhr_streaming', 'eventsource', 'htmlfile', 'jsonp', 'jsonp_send'] as const;

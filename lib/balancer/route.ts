@@ -6,7 +6,7 @@
 import type { Member, MembershipView } from '../discovery/view';
 import type { DdpFacts } from './classify';
 import { rendezvous } from './rendezvous';
-import type { RouteReason } from '../reasons';
+import type { RouteReason } from '../outcomes';
 
 export interface RoutePolicy {
   /** CLUSTER_SELF_WEIGHT: 1 = a full share here, 0 = only proxy (unless nobody else can serve). */

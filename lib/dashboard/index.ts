@@ -16,6 +16,7 @@ import type { ClusterConfig } from '../config';
 import type { RegistryEvents } from '../discovery/registry';
 import type { Member, MembershipView } from '../discovery/view';
 import type { Logger } from '../log';
+import type { ClusterStats } from '../outcomes';
 import { createMetrics, healthResults, type ClusterMetrics } from '../metrics';
 import { PACKAGE_VERSION } from '../version';
 import {
@@ -30,8 +31,7 @@ export interface DashboardDeps {
   readonly config: ClusterConfig;
   readonly logger: Logger;
   readonly view: () => MembershipView;
-  /** The ClusterStats of lib/attach.ts (typed loosely here to avoid an import cycle). */
-  readonly stats: () => Readonly<Record<string, unknown>>;
+  readonly stats: () => ClusterStats;
   readonly on: <E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void) => void;
 }
 
@@ -87,7 +87,7 @@ export interface ApiCluster {
   readonly members: readonly ApiMember[];
   readonly duplicates: MembershipView['duplicates'];
   /** This instance's balancer counters (ClusterStats without `health`). */
-  readonly stats: Readonly<Record<string, unknown>>;
+  readonly stats: Omit<ClusterStats, 'health'>;
   readonly historyIntervalMs: number;
   /** Samples newer than `?since=` (all kept ones without it), oldest first. */
   readonly history: readonly Sample[];
@@ -200,16 +200,16 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
 
   const snapshot = (since: number, afterSeq: number): ApiCluster => {
     const view = deps.view();
-    const stats = { ...deps.stats() };
-    const h = healthResults(stats);
-    delete stats.health;
+    const all = deps.stats();
+    const { health: _health, ...stats } = all;
+    const h = healthResults(all);
     const now = Date.now();
     const healthy = view.members.filter((m) => m.healthy);
     return {
       now,
       instanceId: config.instanceId,
       self: view.self?.id ?? null,
-      discovery: { ok: view.discoveryOk, stale: view.stale, rttMs: typeof stats.discoveryRttMs === 'number' ? stats.discoveryRttMs : null },
+      discovery: { ok: view.discoveryOk, stale: view.stale, rttMs: stats.discoveryRttMs },
       totals: {
         members: view.members.length,
         healthy: healthy.length,

@@ -2,8 +2,9 @@ import { endpointHash, sign, verify, type Keys } from '../sign';
 import type { LoadSnapshot } from '../load';
 import { NAME_PATTERN } from '../names';
 
-export const MEMBER_STATES = ['starting', 'serving', 'draining'] as const;
-export type MemberState = (typeof MEMBER_STATES)[number];
+import { MEMBER_STATES, type MemberState } from '../outcomes';
+
+export { MEMBER_STATES, type MemberState };
 
 /** One instance as stored in the discovery collection. */
 export interface EntryDoc {

@@ -5,6 +5,7 @@ import { MongoClient, type Collection, type MongoClientOptions } from 'mongodb';
 import type { ClusterConfig } from '../config';
 import type { LoadSnapshot } from '../load';
 import type { Logger } from '../log';
+import { ClusterError } from '../outcomes';
 import { endpointHash, keysFrom, type Keys } from '../sign';
 import { PACKAGE_VERSION } from '../version';
 import { checkEntry, signEntry, type EntryDoc, type MemberState } from './entry';
@@ -465,7 +466,7 @@ function entryOf(m: Member): EntryDoc {
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    const t = setTimeout(() => reject(new ClusterError('DDPC_ERR_DISCOVERY_TIMEOUT', `timed out after ${ms} ms`)), ms);
     p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
   });
 }

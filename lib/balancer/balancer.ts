@@ -6,17 +6,16 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { parse as parseCookie, serialize as serializeCookie } from 'cookie';
 import type { ClusterConfig } from '../config';
-import type { Member, MembershipView } from '../discovery/view';
+import type { Member } from '../discovery/view';
 import type { Logger } from '../log';
-import type { Keys } from '../sign';
+import type { Membership } from '../membership';
 import { classify, type DdpFacts, type RequestFacts } from './classify';
 import { HOP_HEADER, ReplayGuard, applyClientView, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, pinnedPath, sendInfo } from './info';
-import { PendingLoad, type LoadReport } from './pending';
 import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
-import { ClusterError, errorKind, type BalancerStats, type ErrorKind } from '../outcomes';
+import { ClusterError, errorKind, type BalancerStats } from '../outcomes';
 
 /** What routing reads of a request: its headers (webapp's categorized requests have them too). */
 export type RequestLike = Pick<IncomingMessage, 'headers'>;
@@ -26,23 +25,19 @@ export type { BalancerStats } from '../outcomes';
 export interface BalancerDeps {
   readonly config: ClusterConfig;
   readonly logger: Logger;
-  readonly keys: Keys | null;
-  readonly view: () => MembershipView;
+  /**
+   * The view to route by, the signing keys, and the load accounting: told of every new session
+   * routed, of sessions opened here and of peers that refused a connect. Its live session count
+   * matters: this instance's own load in the view is its last heartbeat's while peers' is
+   * refreshed by every health check; without it, sessions that peers proxied here since the
+   * heartbeat would be invisible to this balancer.
+   */
+  readonly membership: Membership;
   readonly random: () => number;
   readonly serveRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
-  /** Passive health check: a connect to this member was refused or reset. */
-  readonly peerDown: (memberId: string, reason: ErrorKind) => void;
-  /**
-   * Live DDP sessions on this instance. This instance's own load in the view is its last
-   * heartbeat's while peers' is refreshed by every health check; without the live count, sessions
-   * that peers proxied here since the heartbeat would be invisible to this balancer.
-   */
-  readonly liveSessions?: () => number;
   /** A polling request of `sessionId` is served here (not proxied); `res` is its response. */
   readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
-  /** A new session was just routed: peers' load figures are worth refreshing. */
-  readonly routedNew?: () => void;
 }
 
 /** New sessions may be retried on another member at most this many times. */
@@ -63,7 +58,7 @@ export class Balancer {
   readonly #d: BalancerDeps;
   readonly #policy: RoutePolicy;
   readonly #forwarder = new Forwarder();
-  readonly #pending: PendingLoad;
+  readonly #m: Membership;
   readonly #sessions: SessionTable;
   readonly #replay = new ReplayGuard();
   readonly #stats: BalancerStats = {
@@ -72,8 +67,6 @@ export class Balancer {
     byTransport: {}, proxiedByTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
   };
   #pendingProxies = 0;
-  /** Sessions opened here (served here, from clients or peers): reported as `opened`. */
-  #opened = 0;
   /** The session-table owner as it was when a request arrived, for its retries. */
   readonly #ownerAtStart = new WeakMap<RequestLike, string | null>();
   /** Bodies of sends read before proxying, so a reset before any answer can replay them. */
@@ -84,6 +77,7 @@ export class Balancer {
 
   constructor(deps: BalancerDeps) {
     this.#d = deps;
+    this.#m = deps.membership;
     const c = deps.config;
     this.#policy = {
       selfWeight: c.selfWeight,
@@ -93,7 +87,6 @@ export class Balancer {
       uiService: c.uiService,
       slowStartMs: c.slowStartMs,
     };
-    this.#pending = new PendingLoad(Math.max(10_000, 5 * c.heartbeatMs));
     this.#sessions = new SessionTable(c.staleMs + 90_000, SESSION_TABLE_MAX);
     this.#classifyOptions = { pathPrefix: c.pathPrefix, dashboardPath: c.dashboardPath };
     this.#origins = new Set(c.allowedOrigins);
@@ -155,7 +148,7 @@ export class Balancer {
     const facts: DdpFacts = { kind: 'info', service, pinned: null, localUrl: '' };
     const d = this.route(req, facts, { kind: 'none' }, new Set());
     if (d.action !== 'pin' || d.member.balancer === null) return null;
-    this.newSession(d.member);
+    this.#m.newSession(d.member);
     // The member's pinned path on its own balancer: that balancer serves the page's sessions
     // itself instead of routing them again (Meteor appends /sockjs or /websocket to the URL).
     return d.member.balancer + pinnedPath(d.member, d.member.service, this.#classifyOptions.pathPrefix);
@@ -173,23 +166,10 @@ export class Balancer {
     };
   }
 
-  /** Sessions ever opened here (monotonic), for load reports: peers retire pending entries by it. */
-  opened(): number {
-    return this.#opened;
-  }
-
-  /** New sessions kept for this instance that have not opened yet, for load reports. */
-  pendingHere(): number {
-    const self = this.#d.view().self;
-    return self === null ? 0 : this.#pending.routed(self.id, this.report(self), Date.now());
-  }
-
-  /** Periodic housekeeping (expired sessions, nonces, pending counts); called by the owner's timer. */
+  /** Periodic housekeeping (expired sessions, nonces); called by the owner's timer. */
   maintain(now: number): void {
     this.#sessions.prune(now);
     this.#replay.prune(Date.now());
-    const view = this.#d.view();
-    this.#pending.prune(new Set(view.byId.keys()));
   }
 
   /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */
@@ -231,7 +211,7 @@ export class Balancer {
     const value = req.headers[HOP_HEADER];
     if (value === undefined) return { kind: 'none' };
     delete req.headers[HOP_HEADER];
-    const check = checkHop(this.#d.keys, value, req.method ?? 'GET', req.url ?? '/', this.selfId(), Date.now(), this.#replay.check);
+    const check = checkHop(this.#m.keys, value, req.method ?? 'GET', req.url ?? '/', this.#m.selfId(), Date.now(), this.#replay.check);
     if (check.kind === 'trusted') this.#stats.hopsIn++;
     if (check.kind === 'untrusted') {
       this.#stats.untrustedHops++;
@@ -243,30 +223,9 @@ export class Balancer {
     return check;
   }
 
-  /** This instance's id, as peers know it (the one hop headers are addressed to). */
-  private selfId(): string {
-    return this.#d.view().self?.id ?? this.#d.config.instanceId;
-  }
-
-  /**
-   * What `member` last reported, for matching pending entries. This instance reports itself live:
-   * its session count now and the sessions it opened so far.
-   */
-  private report(member: Member): LoadReport {
-    if (member.self) return { at: 0, sessions: this.#d.liveSessions?.() ?? member.load.sessions, opened: this.#opened, live: true };
-    return { at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null, pending: member.load.pending ?? null };
-  }
-
-  /** Counts a new session routed to `member` (this instance included) until it opens there. */
-  private newSession(member: Member): void {
-    const now = Date.now();
-    if (member.self) this.#pending.landed(now);
-    this.#pending.add(member.id, this.report(member), now);
-    this.#d.routedNew?.();
-  }
 
   private route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
-    const view = this.#d.view();
+    const view = this.#m.view();
     const now = Date.now();
     return route({
       facts,
@@ -275,12 +234,9 @@ export class Balancer {
       state: {
         // Trusted hops are served here; so are unsigned ones in a cluster without a secret and
         // expired ones (clock skew), which could otherwise bounce between peers.
-        hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired')),
-        pending: (id) => {
-          const m = view.byId.get(id);
-          return m ? this.#pending.count(id, this.report(m), now) : 0;
-        },
-        selfSessions: this.#d.liveSessions?.() ?? null,
+        hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#m.keys === null || hop.reason === 'expired')),
+        pending: (id) => this.#m.pending(id, now),
+        selfSessions: this.#m.liveSessions(),
         sessionOwner: this.#ownerAtStart.get(req) ?? null,
         excluded,
         cookieHash: facts.kind === 'page' ? uiCookie(req) : null,
@@ -306,16 +262,16 @@ export class Balancer {
   }
 
   private remember(facts: DdpFacts | { kind: 'page' }, d: Decision, member: Member | null): void {
-    const target = member ?? this.#d.view().self;
+    const target = member ?? this.#m.view().self;
     if (target === null) return;
     const now = Date.now();
     // Counted as pending first, so that the count of sessions opened here, just below, matches it.
-    if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.newSession(target);
+    if (d.action !== 'reject' && 'newSession' in d && d.newSession) this.#m.newSession(target);
     if (target.self) {
       // Opened here: a websocket (each one a session), or the first receiving request of a sockjs
       // session (from a client or a peer) that this balancer has not seen served here before.
-      if (facts.kind === 'raw-websocket') this.#opened++;
-      else if (facts.kind === 'transport' && !SENDS.has(facts.transport) && this.#sessions.get(facts.sessionId, now) !== target.id) this.#opened++;
+      if (facts.kind === 'raw-websocket') this.#m.openedHere();
+      else if (facts.kind === 'transport' && !SENDS.has(facts.transport) && this.#sessions.get(facts.sessionId, now) !== target.id) this.#m.openedHere();
     }
     // Every session this balancer forwards, pinned ones included: if a pinned member dies, this
     // tells an established session (lost: 404) from a first poll (moved to a survivor).
@@ -331,7 +287,7 @@ export class Balancer {
       case 'pin': {
         this.#stats.pinned++;
         const service = ('service' in facts ? facts.service : null) ?? d.member.service;
-        this.newSession(d.member);
+        this.#m.newSession(d.member);
         const c = this.#d.config;
         return sendInfo(req, res, { websocket: !c.disableWebsockets, cors: !c.disableSockjsCors, cookieNeeded: c.useJsessionid, pathPrefix: c.pathPrefix },
           baseUrlFor(req, d.member, service, c.pathPrefix, c));
@@ -365,7 +321,7 @@ export class Balancer {
           release();
           this.#stats.proxyErrors++;
           const refused = isRefusal(err);
-          if (refused && !touched) this.#d.peerDown(d.member.id, errorKind(err));
+          if (refused && !touched) this.#m.peerDown(d.member.id, errorKind(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errorKind(err)}`, 'balancer.proxy_error', {
             to: d.member.endpoint, error: err, touched,
           });
@@ -413,7 +369,7 @@ export class Balancer {
         this.#forwarder.upgrade(req, socket, head, attempt, (err) => {
           release();
           this.#stats.proxyErrors++;
-          if (isRefusal(err)) this.#d.peerDown(d.member.id, errorKind(err));
+          if (isRefusal(err)) this.#m.peerDown(d.member.id, errorKind(err));
           this.#d.logger.once('warn', `proxy:${d.member.id}:${errorKind(err)}`, 'balancer.proxy_error', { to: d.member.endpoint, error: err, upgrade: true });
           // A websocket upgrade always starts a session: nothing is lost by trying another member.
           if (tries < MAX_RETRIES && !socket.destroyed) {
@@ -452,7 +408,7 @@ export class Balancer {
   private attempt(req: IncomingMessage, member: Member, facts: DdpFacts | { kind: 'page' }, body: Buffer | null, fresh: boolean,
     setCookie = false): ProxyAttempt {
     const client = clientViewOf(req);
-    const hop = makeHop(this.#d.keys, req.method ?? 'GET', req.url ?? '/', client, this.selfId(), member.id, Date.now());
+    const hop = makeHop(this.#m.keys, req.method ?? 'GET', req.url ?? '/', client, this.#m.selfId(), member.id, Date.now());
     const streaming = facts.kind === 'raw-websocket' || (facts.kind === 'transport' && STREAMING.has(facts.transport));
     return {
       target: this.endpointUrl(member.endpoint),

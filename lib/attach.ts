@@ -9,12 +9,12 @@ import { parseConfig, redactedConfig, type ClusterConfig, type ClusterOptions } 
 import type { RegistryEvents } from './discovery/registry';
 import type { MembershipView } from './discovery/view';
 import { createLogger, type Logger } from './log';
-import { Balancer, rejectUpgrade, reply, type RequestLike } from './balancer/balancer';
+import { Gateway, rejectUpgrade, reply, type RequestLike } from './balancer/gateway';
 import type { Tunnel } from './balancer/proxy';
-import { createDashboard, type Dashboard } from './dashboard';
+import { createDashboard } from './dashboard';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
-import { Membership, type HealthReport } from './membership';
+import { Membership } from './membership';
 import type { ClusterStats, MemberState } from './outcomes';
 
 export interface AttachOptions extends ClusterOptions {
@@ -73,24 +73,24 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const sessionCount = options.sessionCount === undefined ? (): number => local.count(Date.now()) : guardedCount(options.sessionCount, logger);
   const membership = new Membership({ config, logger, sessionCount });
   const app = takeOver(server, local, logger);
-  const balancer = new Balancer({
-    config, logger, membership, random: options.random ?? Math.random, serveRequest: app.serveRequest, serveUpgrade: app.serveUpgrade,
-    // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
-    servedPoll: (sessionId, res) => res.once('finish', () => {
-      if (res.statusCode < 400) local.polled(sessionId, Date.now());
-    }),
-  });
   const stats = (): ClusterStats => {
     const view = membership.view();
     return {
-      ...balancer.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
+      ...gateway.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
       members: view.members.length, healthyMembers: view.members.filter((m) => m.healthy).length, discoveryOk: view.discoveryOk,
       health: membership.health(), discoveryRttMs: membership.rttMs,
     };
   };
   const dashboard = createDashboard({ config, logger, view: () => membership.view(), stats, on: (event, listener) => membership.on(event, listener) });
-  const front = frontDoor({ logger, balancer, dashboard, membership, serveUpgrade: app.serveUpgrade });
-  app.install(front.onRequest, front.onUpgrade);
+  const gateway = new Gateway({
+    config, logger, membership, random: options.random ?? Math.random, serveRequest: app.serveRequest, serveUpgrade: app.serveUpgrade,
+    dashboard: (req, res, sub) => dashboard.handle(req, res, sub),
+    // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
+    servedPoll: (sessionId, res) => res.once('finish', () => {
+      if (res.statusCode < 400) local.polled(sessionId, Date.now());
+    }),
+  });
+  app.install(gateway.request, gateway.upgrade);
 
   const serving = (): void => {
     if (membership.state === 'starting') membership.setState('serving');
@@ -98,7 +98,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   if (server.listening) serving();
   else server.once('listening', serving);
   const timer = setInterval(() => {
-    balancer.maintain(Date.now());
+    gateway.maintain(Date.now());
     membership.maintain();
     local.prune(Date.now());
   }, MAINTAIN_EVERY_MS);
@@ -108,7 +108,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const drain = (o: { windowMs?: number } = {}): Promise<DrainReport> => {
     // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
     draining ??= drainHere({
-      config, logger, membership, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: balancer.tunnels(),
+      config, logger, membership, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(),
       sessions: () => (options.sessions ? options.sessions() : local.sockets()),
     });
     return draining;
@@ -126,7 +126,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     view: () => membership.view(),
     ready: () => membership.ready(),
     setState: (state) => membership.setState(state),
-    pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
+    pickDdpUrl: (req, service = null) => gateway.pickDdpUrl(req, service),
     on: (event, listener) => membership.on(event, listener),
     off: (event, listener) => membership.off(event, listener),
     close(): Promise<void> {
@@ -134,7 +134,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         clearInterval(timer);
         server.off('listening', serving);
         app.restore();
-        balancer.close();
+        gateway.close();
         dashboard.close();
         await membership.close();
       })();
@@ -257,75 +257,4 @@ function drainHere(o: {
     logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
     return report;
   });
-}
-
-interface FrontDoorDeps {
-  readonly logger: Logger;
-  readonly balancer: Balancer;
-  readonly dashboard: Dashboard;
-  readonly membership: Membership;
-  readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
-}
-
-/** The server's 'request' and 'upgrade' listeners: health, dashboard and rejects here, the rest to the balancer. */
-function frontDoor({ logger, balancer, dashboard, membership, serveUpgrade }: FrontDoorDeps): { onRequest: RequestListener; onUpgrade: UpgradeListener } {
-  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    try {
-      let facts = balancer.classify(req);
-      // Only GET info is answered by the balancer; preflights go to sockjs like any resource.
-      if (facts.kind === 'info' && req.method !== 'GET') facts = { ...facts, kind: 'sockjs-other' };
-      switch (facts.kind) {
-        case 'malformed':
-          return reply(res, facts.status, facts.reason);
-        case 'health':
-          return health(res, membership.healthReport());
-        case 'dashboard':
-          return dashboard.handle(req, res, facts.sub);
-        default:
-          return balancer.request(req, res, facts);
-      }
-    } catch (err) {
-      logger.error('balancer.request_failed', { error: err, url: req.url?.slice(0, 200) });
-      reply(res, 500, 'internal error');
-    }
-  };
-
-  const onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
-    // An error on a client socket must never become an uncaught exception.
-    socket.on('error', () => socket.destroy());
-    try {
-      const facts = balancer.classify(req);
-      switch (facts.kind) {
-        case 'malformed':
-          return rejectUpgrade(socket, facts.status, facts.reason);
-        case 'page':
-        case 'dashboard':
-        case 'health':
-          return serveUpgrade(req, socket, head);
-        case 'raw-websocket':
-          return balancer.upgrade(req, socket, head, facts);
-        case 'transport':
-          if (facts.transport === 'websocket') return balancer.upgrade(req, socket, head, facts);
-          return rejectUpgrade(socket, 400, 'not a websocket endpoint');
-        default:
-          // sockjs info, greeting, iframe: plain HTTP resources, never upgraded.
-          return rejectUpgrade(socket, 400, 'not a websocket endpoint');
-      }
-    } catch (err) {
-      logger.error('balancer.upgrade_failed', { error: err, url: req.url?.slice(0, 200) });
-      rejectUpgrade(socket, 500, 'internal error');
-    }
-  };
-  return { onRequest, onUpgrade };
-}
-
-/**
- * The health route, for peers' checks and external load balancers: 503 unless serving. It also
- * carries the live session count, the sessions ever opened here and those kept for here that have
- * not opened yet, so peers see load changes between heartbeats and through a discovery outage,
- * and can tell which sessions they routed here arrived (even those that closed again since).
- */
-function health(res: ServerResponse, report: HealthReport): void {
-  res.writeHead(report.ok ? 200 : 503, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
-  res.end(JSON.stringify(report.body));
 }

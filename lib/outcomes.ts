@@ -89,7 +89,7 @@ export interface HealthStatus {
   readonly load: { readonly sessions: number; readonly capacity: number; readonly at: number; readonly opened?: number; readonly pending?: number } | null;
 }
 
-/** The balancer's counters (lib/balancer/balancer.ts). */
+/** The balancer's counters (lib/balancer/gateway.ts). */
 export interface BalancerStats {
   requests: number;
   upgrades: number;

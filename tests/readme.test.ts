@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { MAX_PENDING, SESSION_TABLE_MAX } from '../lib/balancer/balancer';
+import { MAX_PENDING, SESSION_TABLE_MAX } from '../lib/balancer/gateway';
 import { HOP_WINDOW_MS, REPLAY_MAX } from '../lib/balancer/hop';
 import { CONFIG_ENV_VARS } from '../lib/config';
 import { LOCAL_POLLS_MAX } from '../lib/local-sessions';

@@ -14,6 +14,7 @@ import type { Tunnel } from './balancer/proxy';
 import { createDashboard } from './dashboard';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
+import { logEvents, publish } from './events';
 import { Membership } from './membership';
 import type { ClusterStats, MemberState } from './outcomes';
 
@@ -69,6 +70,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const config = parseConfig(options, options.env ?? process.env);
   const logger = options.logger ?? createLogger(config.logLevel, { instance: config.instanceId });
   warnAboutSetup(config, logger);
+  // The lifecycle events (events.ts) this instance publishes: its logger is one subscriber.
+  const unlog = logEvents(config.instanceId, logger);
   const local = new LocalSessions();
   const sessionCount = options.sessionCount === undefined ? (): number => local.count(Date.now()) : guardedCount(options.sessionCount, logger);
   const membership = new Membership({ config, logger, sessionCount });
@@ -108,7 +111,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const drain = (o: { windowMs?: number } = {}): Promise<DrainReport> => {
     // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
     draining ??= drainHere({
-      config, logger, membership, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(),
+      config, membership, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(),
       sessions: () => (options.sessions ? options.sessions() : local.sockets()),
     });
     return draining;
@@ -137,6 +140,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         gateway.close();
         dashboard.close();
         await membership.close();
+        // A drain still running keeps its log lines: stop logging events when it is done.
+        void (draining ?? Promise.resolve()).then(unlog, unlog);
       })();
       return closed;
     },
@@ -241,20 +246,21 @@ function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOv
  * session away now); they are left to the exit, so no client is disconnected twice by the drain.
  */
 function drainHere(o: {
-  config: ClusterConfig; logger: Logger; membership: Membership; windowMs: number; tunnels: readonly Tunnel[];
+  config: ClusterConfig; membership: Membership; windowMs: number; tunnels: readonly Tunnel[];
   sessions: () => Iterable<Closable>;
 }): Promise<DrainReport> {
-  const { config, logger, membership, windowMs } = o;
+  const { config, membership, windowMs } = o;
+  const instanceId = config.instanceId;
   membership.setState('draining');
-  logger.info('drain.start', { windowMs, sessions: membership.liveSessions() });
+  publish('drain', () => ({ instanceId, phase: 'start', windowMs, sessions: membership.liveSessions() }));
   const tunnels = new Set(o.tunnels);
   return drainSessions({
     windowMs,
     noticeMs: config.heartbeatMs + config.healthIntervalMs,
     sessions: () => [...o.sessions(), ...[...tunnels].filter((t) => t.open)],
-    onBatch: (b) => logger.debug('drain.batch', { ...b }),
+    onBatch: (b) => publish('drain', () => ({ instanceId, phase: 'batch', ...b })),
   }).then((report) => {
-    logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
+    publish('drain', () => ({ instanceId, phase: 'done', closed: report.closed, tookMs: report.tookMs, batches: report.batches.length }));
     return report;
   });
 }

@@ -11,6 +11,7 @@ export {
   type ErrorCode, type RouteAction, type RouteReason, type MalformedReason, type HopRejection, type ErrorKind,
   type BalancerStats, type ClusterStats, type HealthStatus, type MemberState,
 } from './outcomes';
+export { CHANNELS, type ClusterEvents, type RouteEvent, type ProxyErrorEvent, type PeerEvent, type DrainEvent } from './events';
 export { endpointHash } from './sign';
 export { pinnedPath } from './balancer/info';
 export { rendezvous } from './balancer/rendezvous';

@@ -9,6 +9,7 @@ import type { ClusterConfig } from './config';
 import { Registry, type RegistryEvents } from './discovery/registry';
 import { viewFromMembers, type Member, type MembershipView } from './discovery/view';
 import { HealthChecker, overlayHealth } from './balancer/health';
+import { publish } from './events';
 import { PendingLoad, type LoadReport } from './balancer/pending';
 import { LoadSampler } from './load';
 import type { Logger } from './log';
@@ -35,7 +36,6 @@ export type MembershipListener<E extends keyof RegistryEvents> = (...args: Regis
 
 export class Membership {
   readonly #config: ClusterConfig;
-  readonly #logger: Logger;
   readonly #sessionCount: () => number;
   readonly #sampler: LoadSampler;
   readonly #registry: Registry;
@@ -52,7 +52,6 @@ export class Membership {
 
   constructor(o: MembershipOptions) {
     this.#config = o.config;
-    this.#logger = o.logger;
     this.#sessionCount = o.sessionCount;
     this.#pending = new PendingLoad(Math.max(10_000, 5 * o.config.heartbeatMs));
     this.#sampler = new LoadSampler(o.sessionCount, o.config.capacity,
@@ -69,7 +68,7 @@ export class Membership {
       // Peers start up (their heartbeat vouches for them): only a change of up/down is news. A
       // failed check that doesn't reach `fall` yet is not "up".
       if ((before?.up ?? true) !== status.up) {
-        this.#logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
+        publish('peer', () => ({ instanceId: o.config.instanceId, member: id, up: status.up, reason: status.reason, state: status.state }));
       }
     });
     this.#checker.on('load', () => {

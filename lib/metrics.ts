@@ -7,7 +7,8 @@
 import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import type { MembershipView } from './discovery/view';
 import { MEMBER_STATES } from './discovery/entry';
-import { ROUTE_ACTIONS, ROUTE_REASONS, type ClusterStats, type HealthStatus } from './outcomes';
+import { subscribe } from './events';
+import { ROUTE_ACTIONS, ROUTE_REASONS, type ClusterStats, type ErrorKind, type HealthStatus } from './outcomes';
 
 const ACTIONS: ReadonlySet<string> = new Set(ROUTE_ACTIONS);
 const REASONS: ReadonlySet<string> = new Set(ROUTE_REASONS);
@@ -27,6 +28,8 @@ export interface ClusterMetrics {
   readonly contentType: string;
   /** The exposition text. */
   metrics(): Promise<string>;
+  /** Stops listening to the instance's events. */
+  close(): void;
 }
 
 /** What the metrics read of a health-check result. */
@@ -52,6 +55,7 @@ export const METRIC_NAMES = [
   'ddp_cluster_proxied_total',
   'ddp_cluster_routing_decisions_total',
   'ddp_cluster_proxy_errors_total',
+  'ddp_cluster_proxy_errors_by_kind_total',
   'ddp_cluster_proxy_retries_total',
   'ddp_cluster_untrusted_hops_total',
   'ddp_cluster_hops_total',
@@ -163,6 +167,12 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
   const scalar = (name: string, help: string, field: 'proxyErrors' | 'retries' | 'untrustedHops'): void =>
     void counter(name, help, [], (c, s) => c.inc(num(s.stats[field])));
   scalar('ddp_cluster_proxy_errors_total', 'Proxied requests and upgrades that failed.', 'proxyErrors');
+  // Fed by the lifecycle events (events.ts), not by stats(): error kinds are a fixed set of codes.
+  const errorsByKind = new Map<ErrorKind, number>();
+  const unsubscribe = subscribe(deps.instanceId, { proxyError: (e) => void errorsByKind.set(e.error, (errorsByKind.get(e.error) ?? 0) + 1) });
+  counter('ddp_cluster_proxy_errors_by_kind_total', 'Proxied requests and upgrades that failed, by error kind.', ['kind'], (c) => {
+    for (const [kind, n] of errorsByKind) c.inc({ kind }, n);
+  });
   scalar('ddp_cluster_proxy_retries_total', 'New sessions retried on another member after a failed connect.', 'retries');
   scalar('ddp_cluster_untrusted_hops_total', 'Requests whose hop header did not verify (stripped).', 'untrustedHops');
   counter('ddp_cluster_hops_total', 'Requests forwarded between instances: in = received with a verified hop header, out = forwarded to a peer.', ['direction'], (c, s) => {
@@ -203,5 +213,6 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       }
       return registry.metrics();
     },
+    close: unsubscribe,
   };
 }

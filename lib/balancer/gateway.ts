@@ -15,6 +15,7 @@ import { parse as parseCookie, serialize as serializeCookie } from 'cookie';
 import type { ClusterConfig } from '../config';
 import type { Member } from '../discovery/view';
 import type { Logger } from '../log';
+import { publish } from '../events';
 import type { HealthReport, Membership } from '../membership';
 import { ClusterError, errorKind, type BalancerStats } from '../outcomes';
 import { classify, type DdpFacts, type RequestFacts } from './classify';
@@ -157,6 +158,7 @@ export class Gateway {
     const excluded = new Set<string>();
     const a: Attempt = { x, facts, hop, owner, excluded, decision: this.route(x.req, facts, hop, owner, excluded), otherMembers: 0, sameMember: false, body: null };
     this.count(facts, a.decision);
+    this.published(a);
     // A session whose request its member refused (sockjs: 404 unknown session, 405 wrong method)
     // is not worth remembering: junk session ids must not fill the session table.
     if (x.kind === 'request' && facts.kind === 'transport') {
@@ -233,6 +235,14 @@ export class Gateway {
         random: this.#d.random,
       },
     });
+  }
+
+  /** Tells the `ddp-cluster:route` channel's subscribers, if any. */
+  private published({ x, facts, decision: d, otherMembers }: Attempt): void {
+    publish('route', () => ({
+      instanceId: this.#d.config.instanceId, exchange: x.kind, transport: facts.kind === 'transport' ? facts.transport : facts.kind,
+      action: d.action, reason: d.reason, member: d.action === 'proxy' || d.action === 'pin' ? d.member.id : null, retry: otherMembers,
+    }));
   }
 
   /** Step 4, act: the decision on the exchange. */
@@ -315,13 +325,16 @@ export class Gateway {
     this.#stats.proxyErrors++;
     const kind = errorKind(err);
     if (isRefusal(RETRY_POLICY, kind) && !touched) this.#m.peerDown(d.member.id, kind);
-    this.#d.logger.once('warn', `proxy:${d.member.id}:${kind}`, 'balancer.proxy_error', x.kind === 'request'
-      ? { to: d.member.endpoint, error: err, touched } : { to: d.member.endpoint, error: err, upgrade: true });
     const verdict = retryVerdict(RETRY_POLICY, {
       upgrade: x.kind === 'upgrade', facts: a.facts, method: x.req.method ?? '', headers: x.req.headers, newSession: d.newSession,
       otherMembers: a.otherMembers, sameMemberRetried: a.sameMember, bodyKept: a.body !== null, error: kind, clientTouched: touched,
       clientGone: x.kind === 'upgrade' && x.socket.destroyed,
     });
+    // The instance's logger subscribes to this (events.ts logEvents).
+    publish('proxyError', () => ({
+      instanceId: this.#d.config.instanceId, exchange: x.kind, member: d.member.id, endpoint: d.member.endpoint, error: kind, cause: err,
+      clientTouched: touched, verdict,
+    }));
     switch (verdict) {
       case 'abandon':
         return void (x.kind === 'request' ? x.res.destroy() : x.socket.destroy());
@@ -336,6 +349,7 @@ export class Gateway {
         a.otherMembers++;
         a.sameMember = false;
         a.decision = this.route(x.req, a.facts, { kind: 'none' }, a.owner, a.excluded);
+        this.published(a);
         return this.act(a);
       case 'give-up':
         return x.reply(502, 'upstream unavailable');

@@ -332,6 +332,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     close() {
       closed = true;
       clearInterval(timer);
+      metrics.close();
     },
   };
 }

@@ -1,5 +1,5 @@
 /**
- * One benchmark backend: the reference DDP app (tests/support/ddp-app.ts: sockjs 0.3.24 installed
+ * One benchmark backend: the reference DDP app (examples/node-ddp-app/app.ts: sockjs 0.3.24 installed
  * the way Meteor's ddp-server does it), with ddp-cluster attached when BENCH_ATTACH=1 (configured
  * by the CLUSTER_* env vars) or as a plain app otherwise. Started by bench/run.ts with an IPC
  * channel:
@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import { Session } from 'node:inspector';
 import { attach, type ClusterHandle } from '../lib/attach';
-import { createDdpApp } from '../tests/support/ddp-app';
+import { createDdpApp } from '../examples/node-ddp-app/app';
 
 async function main(): Promise<void> {
   const id = process.env.BENCH_ID ?? 'app';

@@ -3,7 +3,7 @@
  * (GET <root>/sockjs/info, honour `base_url`, then the SockJS websocket or xhr-polling transport,
  * then DDP), but with a per-client source address (127.0.x.2) and cookie jar, and without
  * sockjs-client's per-message overhead, so one load-generator process can drive thousands of them.
- * tests/support/ddp-clients.ts holds the reference clients (sockjs-client, ws, raw xhr).
+ * examples/node-ddp-app/clients.ts holds the reference clients (sockjs-client, ws, raw xhr).
  */
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';

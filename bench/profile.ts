@@ -43,7 +43,7 @@ function origin(frame: CallFrame, repo: string): string {
   const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(u);
   if (nm) return `npm:${nm[1]}`;
   if (u.startsWith('lib/')) return `ddp-cluster ${u.split('/').slice(0, 3).join('/')}`;
-  if (u.startsWith('tests/support/')) return 'fixture app (tests/support)';
+  if (u.startsWith('examples/node-ddp-app/')) return 'reference app (examples/node-ddp-app)';
   return u;
 }
 

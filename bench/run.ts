@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { disposeAll, startMongo } from '../tests/support/mongo';
+import { disposeAll, startMongo } from '../examples/node-ddp-app/mongo';
 import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, SetupResult, ThroughputResult } from './loadgen';
 import { machine, systemCpu, usage, type Usage } from './procstat';
 import { analyzeProfile } from './profile';

@@ -10,10 +10,9 @@
  * A Stack is one running setup: backends in their own processes (bench/backend.ts) plus the proxy.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { freePort } from '../tests/support/mongo';
 import path from 'node:path';
-import { TEST_SECRET } from '../tests/support/cluster';
-import { uniqueDbUrl } from '../tests/support/mongo';
+import { freePort, uniqueDbUrl } from '../examples/node-ddp-app/mongo';
+import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { EntryPick } from './loadgen';
 import { startHaproxy, startNginx, type Backend, type ProxyProcess } from './proxies';
 
@@ -135,7 +134,7 @@ export class Stack {
         Object.assign(env, {
           CLUSTER_DISCOVERY_URL: discoveryUrl,
           CLUSTER_SERVICE: 'web',
-          CLUSTER_SECRET: TEST_SECRET,
+          CLUSTER_SECRET: EXAMPLE_SECRET,
           CLUSTER_INSTANCE_ID: id,
           CLUSTER_LOG_LEVEL: 'error',
           CLUSTER_CAPACITY: String(Math.round(BASE_CAPACITY * (caps[i] ?? 1))),

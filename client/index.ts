@@ -2,12 +2,12 @@
  * ddp-cluster's Meteor client entry (package.js `api.mainModule`): `Cluster.discoverConnection`
  * for public services, and the way back from a pinned balancer that stopped answering.
  */
+import { FALLBACK_KEY, NAME_PATTERN } from '../lib/names';
+import { ClusterError } from '../lib/outcomes';
 import type { ClientPackages, DdpConnection, DdpConnectOptions, DdpStatus, MeteorClient } from './meteor-env';
 
 export type { DdpConnection, DdpConnectOptions } from './meteor-env';
 
-/** Written by the server's runtime config hook (server/pin-ddp-url.ts) when it pins the DDP URL. */
-const FALLBACK_KEY = 'DDP_CLUSTER_FALLBACK_URL';
 /**
  * Meteor retries a lost connection twice at once, then backs off (~5 s, then longer; packages/retry).
  * Two failed immediate retries mean the pinned balancer is gone: fall back before the long wait.
@@ -22,11 +22,10 @@ const QUICK_RETRIES = 4;
 const QUICK_RETRY_MS = 400;
 /** Without Tracker (never in a real Meteor client), the status is polled this often instead. */
 const POLL_EVERY_MS = 250;
-const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 function packages(): ClientPackages {
   const pkg = (globalThis as { Package?: Partial<ClientPackages> }).Package;
-  if (!pkg?.meteor?.Meteor || !pkg['ddp-client']?.DDP) throw new Error('ddp-cluster: the client glue must run in a Meteor client that uses ddp');
+  if (!pkg?.meteor?.Meteor || !pkg['ddp-client']?.DDP) throw new ClusterError('DDPC_ERR_NOT_METEOR', 'ddp-cluster: the client glue must run in a Meteor client that uses ddp');
   return pkg as ClientPackages;
 }
 
@@ -37,8 +36,8 @@ export interface ClientClusterApi {
 
 export const Cluster: ClientClusterApi = {
   discoverConnection(service, ddpOptions) {
-    if (!SERVICE_NAME.test(String(service))) {
-      throw new Error(`Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
+    if (!NAME_PATTERN.test(String(service))) {
+      throw new ClusterError('DDPC_ERR_SERVICE_NAME', `Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
     }
     const { Meteor } = packages().meteor;
     // Any balancer serves public services at /<service>/sockjs and /<service>/websocket. Cordova

@@ -6,8 +6,8 @@
  */
 
 // The DDP connection types are the same objects on both sides.
-import type { DdpConnectOptions, DdpConnection, DdpStatus } from '../server/meteor-env';
-export type { DdpConnectOptions, DdpConnection, DdpStatus } from '../server/meteor-env';
+import type { DdpConnectOptions, DdpConnection, DdpStatus } from '../lib/ddp-connection';
+export type { DdpConnectOptions, DdpConnection, DdpStatus } from '../lib/ddp-connection';
 
 export interface MeteorClient {
   readonly isCordova: boolean;

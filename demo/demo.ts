@@ -8,7 +8,7 @@
  *   npm run demo -- --kill-after 10   kill -9 one instance after 10 s and restart it 5 s later
  *   (press k) kill -9 an instance and restart it, to watch failover
  *
- * The instances are the reference DDP app the tests use (tests/support/ddp-app.ts: sockjs 0.3.24
+ * The instances are the reference DDP app (examples/node-ddp-app/app.ts, also used by the tests: sockjs 0.3.24
  * installed the way Meteor's ddp-server does) with the balancer attached, each in its own process.
  * Clients whose instance dies reconnect through the balancer, so failover shows sessions moving.
  * The instances' own log lines go to a file (its path is printed), not over the table.
@@ -25,10 +25,10 @@ import { Registry } from '../lib/discovery/registry';
 import type { MembershipView } from '../lib/discovery/view';
 import { EMPTY_LOAD } from '../lib/load';
 import { createLogger } from '../lib/log';
-import { TEST_SECRET } from '../tests/support/cluster';
-import type { WhoamiResult } from '../tests/support/ddp-app';
-import { sockjsDdp, wsDdp, type DdpClient } from '../tests/support/ddp-clients';
-import { disposeAll, startMongo } from '../tests/support/mongo';
+import type { WhoamiResult } from '../examples/node-ddp-app/app';
+import { sockjsDdp, wsDdp, type DdpClient } from '../examples/node-ddp-app/clients';
+import { disposeAll, startMongo } from '../examples/node-ddp-app/mongo';
+import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 
 const { values: args } = parseArgs({
   options: {
@@ -120,7 +120,7 @@ async function main(): Promise<void> {
 
   // A watch-only registry: sees the members and their reported load, registers nothing.
   const watcher = new Registry({
-    config: parseConfig({ discoveryUrl, secret: TEST_SECRET, instanceId: 'demo-watcher', staleMs: 3000 }, {}),
+    config: parseConfig({ discoveryUrl, secret: EXAMPLE_SECRET, instanceId: 'demo-watcher', staleMs: 3000 }, {}),
     logger: createLogger('error'),
     load: () => EMPTY_LOAD,
   });
@@ -134,7 +134,7 @@ async function main(): Promise<void> {
   out(`  instances  ${IDS.map((id) => `${id} ${instances.get(id)?.url ?? '?'}`).join('   ')}`);
   out(`  dashboard  ${first.url}/cluster   password: ${DEMO_PASSWORD}   (any instance shows the whole cluster)`);
   out(`  metrics    curl -u any:${DEMO_PASSWORD} ${first.url}/cluster/metrics`);
-  out(`  cli        CLUSTER_SECRET=${TEST_SECRET} npm run cli -- status --discovery '${discoveryUrl}'`);
+  out(`  cli        CLUSTER_SECRET=${EXAMPLE_SECRET} npm run cli -- status --discovery '${discoveryUrl}'`);
   out(`  logs       ${logPath}`);
 
   const wanted = Number(args.clients);
@@ -229,8 +229,8 @@ function entryUrls(instances: ReadonlyMap<string, Child>, first: Child): string[
 
 /** One fixture instance in its own process; its stdout/stderr lines (besides "listening") go to `onLine`. */
 async function spawnInstance(id: string, env: Record<string, string>, onLine: (line: string) => void): Promise<Child> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'tests/support/instance-main.ts'], {
-    env: { ...process.env, CLUSTER_INSTANCE_ID: id, CLUSTER_SECRET: TEST_SECRET, CLUSTER_SERVICE: 'web', CLUSTER_LOG_LEVEL: 'warn', ...env },
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'examples/node-ddp-app/instance.ts'], {
+    env: { ...process.env, CLUSTER_INSTANCE_ID: id, CLUSTER_SECRET: EXAMPLE_SECRET, CLUSTER_SERVICE: 'web', CLUSTER_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.procs.add(proc);

@@ -6,18 +6,17 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { parseConfig, redactedConfig, type ClusterConfig, type ClusterOptions } from './config';
-import type { MemberState } from './discovery/entry';
-import { Registry, type RegistryEvents } from './discovery/registry';
+import type { RegistryEvents } from './discovery/registry';
 import type { MembershipView } from './discovery/view';
-import { LoadSampler } from './load';
 import { createLogger, type Logger } from './log';
-import { keysFrom } from './sign';
-import { Balancer, rejectUpgrade, reply, type BalancerStats, type RequestLike } from './balancer/balancer';
+import { Gateway, rejectUpgrade, reply, type RequestLike } from './balancer/gateway';
+import type { Tunnel } from './balancer/proxy';
 import { createDashboard } from './dashboard';
-import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/health';
-import { viewFromMembers } from './discovery/view';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
+import { logEvents, publish } from './events';
+import { Membership } from './membership';
+import type { ClusterStats, MemberState } from './outcomes';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -34,17 +33,7 @@ export interface AttachOptions extends ClusterOptions {
   readonly random?: () => number;
 }
 
-export interface ClusterStats extends BalancerStats {
-  readonly instanceId: string;
-  /** Active health-check results per peer. */
-  readonly health: Readonly<Record<string, HealthStatus>>;
-  readonly discoveryRttMs: number | null;
-  readonly state: MemberState;
-  readonly sessions: number;
-  readonly members: number;
-  readonly healthyMembers: number;
-  readonly discoveryOk: boolean;
-}
+export type { ClusterStats } from './outcomes';
 
 export interface ClusterHandle {
   readonly config: ClusterConfig;
@@ -80,8 +69,88 @@ const MAINTAIN_EVERY_MS = 5_000;
 export function attach(server: Server, options: AttachOptions = {}): ClusterHandle {
   const config = parseConfig(options, options.env ?? process.env);
   const logger = options.logger ?? createLogger(config.logLevel, { instance: config.instanceId });
-  const keys = keysFrom(config.secret, config.previousSecret);
-  if (keys === null && config.discoveryUrl !== null) {
+  warnAboutSetup(config, logger);
+  // The lifecycle events (events.ts) this instance publishes: its logger is one subscriber.
+  const unlog = logEvents(config.instanceId, logger);
+  const local = new LocalSessions();
+  const sessionCount = options.sessionCount === undefined ? (): number => local.count(Date.now()) : guardedCount(options.sessionCount, logger);
+  const membership = new Membership({ config, logger, sessionCount });
+  const app = takeOver(server, local, logger);
+  const stats = (): ClusterStats => {
+    const view = membership.view();
+    return {
+      ...gateway.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
+      members: view.members.length, healthyMembers: view.members.filter((m) => m.healthy).length, discoveryOk: view.discoveryOk,
+      health: membership.health(), discoveryRttMs: membership.rttMs,
+    };
+  };
+  const dashboard = createDashboard({ config, logger, view: () => membership.view(), stats, on: (event, listener) => membership.on(event, listener) });
+  const gateway = new Gateway({
+    config, logger, membership, random: options.random ?? Math.random, serveRequest: app.serveRequest, serveUpgrade: app.serveUpgrade,
+    dashboard: (req, res, sub) => dashboard.handle(req, res, sub),
+    // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
+    servedPoll: (sessionId, res) => res.once('finish', () => {
+      if (res.statusCode < 400) local.polled(sessionId, Date.now());
+    }),
+  });
+  app.install(gateway.request, gateway.upgrade);
+
+  const serving = (): void => {
+    if (membership.state === 'starting') membership.setState('serving');
+  };
+  if (server.listening) serving();
+  else server.once('listening', serving);
+  const timer = setInterval(() => {
+    gateway.maintain(Date.now());
+    membership.maintain();
+    local.prune(Date.now());
+  }, MAINTAIN_EVERY_MS);
+  timer.unref();
+
+  let draining: Promise<DrainReport> | null = null;
+  const drain = (o: { windowMs?: number } = {}): Promise<DrainReport> => {
+    // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
+    draining ??= drainHere({
+      config, membership, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(),
+      sessions: () => (options.sessions ? options.sessions() : local.sockets()),
+    });
+    return draining;
+  };
+  // `ddp-cluster drain <id>`: drain like on SIGTERM, but stay up (draining) for the operator to stop.
+  membership.on('drainRequested', () => {
+    if (membership.state !== 'draining') void drain().catch((err: unknown) => logger.error('drain.failed', { error: err }));
+  });
+  membership.start();
+  logger.info('cluster.attached', { config: redactedConfig(config) });
+
+  let closed: Promise<void> | null = null;
+  return {
+    config, logger, stats, drain,
+    view: () => membership.view(),
+    ready: () => membership.ready(),
+    setState: (state) => membership.setState(state),
+    pickDdpUrl: (req, service = null) => gateway.pickDdpUrl(req, service),
+    on: (event, listener) => membership.on(event, listener),
+    off: (event, listener) => membership.off(event, listener),
+    close(): Promise<void> {
+      closed ??= (async () => {
+        clearInterval(timer);
+        server.off('listening', serving);
+        app.restore();
+        gateway.close();
+        dashboard.close();
+        await membership.close();
+        // A drain still running keeps its log lines: stop logging events when it is done.
+        void (draining ?? Promise.resolve()).then(unlog, unlog);
+      })();
+      return closed;
+    },
+  };
+}
+
+/** Misconfigurations that still run, said once at startup. */
+function warnAboutSetup(config: ClusterConfig, logger: Logger): void {
+  if (config.secret === null && config.discoveryUrl !== null) {
     logger.warn('cluster.no_secret', {
       note: 'CLUSTER_SECRET is not set: registry entries are unsigned and proxied clients keep the balancer\'s address',
       fix: 'set CLUSTER_SECRET to the same random value (at least 16 bytes) on every instance',
@@ -93,13 +162,15 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       fix: 'set CLUSTER_ENDPOINT_URL to the URL peers use to reach this instance, e.g. http://10.0.0.5:3000',
     });
   }
+}
 
-  const local = new LocalSessions();
-  // The host's count is app code: if it throws, keep the last good figure (a bug there must not
-  // stop heartbeats, where it would look like a discovery outage, nor fail the health route).
+/**
+ * The host's session count is app code: if it throws, keep the last good figure (a bug there must
+ * not stop heartbeats, where it would look like a discovery outage, nor fail the health route).
+ */
+function guardedCount(hostCount: () => number, logger: Logger): () => number {
   let lastCount = 0;
-  const hostCount = options.sessionCount;
-  const sessionCount = hostCount === undefined ? (): number => local.count(Date.now()) : (): number => {
+  return () => {
     try {
       const n = hostCount();
       if (Number.isFinite(n) && n >= 0) lastCount = n;
@@ -108,236 +179,88 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     }
     return lastCount;
   };
-  // Sessions opened here and kept for here, counted by the balancer (created below).
-  let opened = (): { opened: number; pending: number } => ({ opened: 0, pending: 0 });
-  const sampler = new LoadSampler(sessionCount, config.capacity, () => opened());
-  const registry = new Registry({ config, logger, load: () => sampler.sample() });
+}
 
+interface TakenOver {
+  /** Runs the app's own request listeners (those installed before attach()). */
+  readonly serveRequest: (req: IncomingMessage, res: ServerResponse) => void;
+  readonly serveUpgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+  /** Puts the balancer's listeners in place of the app's. */
+  install(onRequest: RequestListener, onUpgrade: UpgradeListener): void;
+  /** Puts the app's listeners back. */
+  restore(): void;
+}
+
+/**
+ * The app's 'request' and 'upgrade' listeners, taken off the server so that every request reaches
+ * the balancer first; what it serves here goes to them, exactly as they'd have run.
+ */
+function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOver {
   const requestListeners = server.listeners('request') as RequestListener[];
   const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];
   // The app's own listeners: an exception they throw must not become an uncaught one.
   const appThrew = (err: unknown, req: IncomingMessage): void =>
     logger.once('error', 'app.listener_threw', 'app.listener_threw', { error: err, url: req.url?.slice(0, 200) });
-  const serveRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    try {
-      for (const l of requestListeners) l.call(server, req, res);
-    } catch (err) {
-      appThrew(err, req);
-      reply(res, 500, 'app error');
-    }
-  };
-  const serveUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
-    local.websocket(socket);
-    try {
-      for (const l of upgradeListeners) l.call(server, req, socket, head);
-    } catch (err) {
-      appThrew(err, req);
-      rejectUpgrade(socket, 500, 'app error');
-    }
-  };
-
-  const checker = new HealthChecker({
-    intervalMs: config.healthIntervalMs, timeoutMs: config.healthTimeoutMs, fall: config.healthFall, rise: config.healthRise,
-    path: `${config.pathPrefix}${config.dashboardPath}/health`,
-  });
-  // The view routing uses: the registry's, with the health checks overlaid; rebuilt on change only.
-  let effective = registry.view();
-  const recompute = (): void => {
-    const v = registry.view();
-    checker.update(v);
-    effective = overlayHealth(v, (id) => checker.status(id), config.staleMs, (members) => viewFromMembers(members, v));
-  };
-  registry.on('view', recompute);
-  checker.on('change', (id, status, before) => {
-    recompute();
-    // Peers start up (their heartbeat vouches for them): only a change of up/down is news. A
-    // failed check that doesn't reach `fall` yet is not "up".
-    if ((before?.up ?? true) !== status.up) {
-      logger.info(status.up ? 'health.up' : 'health.down', { member: id, reason: status.reason, state: status.state });
-    }
-  });
-  // Fresher load figures from a round of checks: one rebuild per round, not per peer.
-  let pendingRecompute = false;
-  checker.on('load', () => {
-    if (pendingRecompute) return;
-    pendingRecompute = true;
-    setImmediate(() => {
-      pendingRecompute = false;
-      recompute();
-    });
-  });
-
-  const balancer = new Balancer({
-    config, logger, keys, view: () => effective, random: options.random ?? Math.random, serveRequest, serveUpgrade,
-    peerDown: (id, reason) => checker.markDown(id, reason),
-    liveSessions: sessionCount,
-    // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
-    servedPoll: (sessionId, res) => res.once('finish', () => {
-      if (res.statusCode < 400) local.polled(sessionId, Date.now());
-    }),
-    routedNew: () => checker.refresh(),
-  });
-  opened = () => ({ opened: balancer.opened(), pending: balancer.pendingHere() });
-
-  let handle: ClusterHandle | null = null;
-  const dashboard = createDashboard({
-    config, logger, view: () => effective,
-    stats: () => (handle ? handle.stats() : {}) as unknown as Readonly<Record<string, unknown>>,
-    on: (event, listener) => void registry.on(event, listener as never),
-  });
-
-  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    try {
-      let facts = balancer.classify(req);
-      // Only GET info is answered by the balancer; preflights go to sockjs like any resource.
-      if (facts.kind === 'info' && req.method !== 'GET') facts = { ...facts, kind: 'sockjs-other' };
-      switch (facts.kind) {
-        case 'malformed':
-          return reply(res, facts.status, facts.reason);
-        case 'health':
-          return health(res, registry, sessionCount(), config.capacity, opened());
-        case 'dashboard':
-          return dashboard.handle(req, res, facts.sub);
-        default:
-          return balancer.request(req, res, facts);
+  let installed: [RequestListener, UpgradeListener] | null = null;
+  return {
+    serveRequest(req, res) {
+      try {
+        for (const l of requestListeners) l.call(server, req, res);
+      } catch (err) {
+        appThrew(err, req);
+        reply(res, 500, 'app error');
       }
-    } catch (err) {
-      logger.error('balancer.request_failed', { error: err, url: req.url?.slice(0, 200) });
-      reply(res, 500, 'internal error');
-    }
-  };
-
-  const onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
-    // An error on a client socket must never become an uncaught exception.
-    socket.on('error', () => socket.destroy());
-    try {
-      const facts = balancer.classify(req);
-      switch (facts.kind) {
-        case 'malformed':
-          return rejectUpgrade(socket, facts.status, facts.reason);
-        case 'page':
-        case 'dashboard':
-        case 'health':
-          return serveUpgrade(req, socket, head);
-        case 'raw-websocket':
-          return balancer.upgrade(req, socket, head, facts);
-        case 'transport':
-          if (facts.transport === 'websocket') return balancer.upgrade(req, socket, head, facts);
-          return rejectUpgrade(socket, 400, 'not a websocket endpoint');
-        default:
-          // sockjs info, greeting, iframe: plain HTTP resources, never upgraded.
-          return rejectUpgrade(socket, 400, 'not a websocket endpoint');
+    },
+    serveUpgrade(req, socket, head) {
+      local.websocket(socket);
+      try {
+        for (const l of upgradeListeners) l.call(server, req, socket, head);
+      } catch (err) {
+        appThrew(err, req);
+        rejectUpgrade(socket, 500, 'app error');
       }
-    } catch (err) {
-      logger.error('balancer.upgrade_failed', { error: err, url: req.url?.slice(0, 200) });
-      rejectUpgrade(socket, 500, 'internal error');
-    }
-  };
-
-  server.removeAllListeners('request');
-  server.removeAllListeners('upgrade');
-  server.on('request', onRequest);
-  server.on('upgrade', onUpgrade);
-
-  const serving = (): void => {
-    if (registry.state === 'starting') registry.setState('serving');
-  };
-  if (server.listening) serving();
-  else server.once('listening', serving);
-
-  const timer = setInterval(() => {
-    balancer.maintain(Date.now());
-    local.prune(Date.now());
-  }, MAINTAIN_EVERY_MS);
-  timer.unref();
-
-  // `ddp-cluster drain <id>`: drain like on SIGTERM, but stay up (draining) for the operator to stop.
-  registry.on('drainRequested', () => {
-    if (registry.state !== 'draining') void handle?.drain().catch((err: unknown) => logger.error('drain.failed', { error: err }));
-  });
-  registry.start();
-  checker.start();
-  logger.info('cluster.attached', { config: redactedConfig(config) });
-
-  let closed: Promise<void> | null = null;
-  let draining: Promise<DrainReport> | null = null;
-  handle = {
-    config,
-    logger,
-    view: () => effective,
-    stats(): ClusterStats {
-      const view = effective;
-      return {
-        ...balancer.stats(),
-        instanceId: config.instanceId,
-        state: registry.state,
-        sessions: sessionCount(),
-        members: view.members.length,
-        healthyMembers: view.members.filter((m) => m.healthy).length,
-        discoveryOk: view.discoveryOk,
-        health: checker.all(),
-        discoveryRttMs: registry.rttMs,
-      };
     },
-    ready: () => registry.ready(),
-    setState: (state) => registry.setState(state),
-    drain(o = {}): Promise<DrainReport> {
-      // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
-      if (draining) return draining;
-      registry.setState('draining');
-      const windowMs = o.windowMs ?? config.drainWindowMs;
-      logger.info('drain.start', { windowMs, sessions: sessionCount() });
-      // The websockets proxied through here when the drain began: their clients use this instance
-      // as their balancer and would otherwise all drop at once when it exits. Tunnels opened
-      // later belong to clients already moved once (this instance proxies every new session away
-      // now); they are left to the exit, so no client is disconnected twice by the drain.
-      const tunnels = new Set(balancer.tunnels());
-      draining = drainSessions({
-        windowMs,
-        noticeMs: config.heartbeatMs + config.healthIntervalMs,
-        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...[...tunnels].filter((t) => t.open)],
-        onBatch: (b) => logger.debug('drain.batch', { ...b }),
-      }).then((report) => {
-        logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
-        return report;
-      });
-      return draining;
+    install(onRequest, onUpgrade) {
+      server.removeAllListeners('request');
+      server.removeAllListeners('upgrade');
+      server.on('request', onRequest);
+      server.on('upgrade', onUpgrade);
+      installed = [onRequest, onUpgrade];
     },
-    pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
-    on: (event, listener) => void registry.on(event, listener as never),
-    off: (event, listener) => void registry.off(event, listener as never),
-    close(): Promise<void> {
-      closed ??= (async () => {
-        clearInterval(timer);
-        server.off('listening', serving);
-        server.off('request', onRequest);
-        server.off('upgrade', onUpgrade);
-        for (const l of requestListeners) server.on('request', l);
-        for (const l of upgradeListeners) server.on('upgrade', l);
-        balancer.close();
-        checker.close();
-        dashboard.close();
-        await registry.close();
-        sampler.close();
-      })();
-      return closed;
+    restore() {
+      if (installed === null) return;
+      server.off('request', installed[0]);
+      server.off('upgrade', installed[1]);
+      for (const l of requestListeners) server.on('request', l);
+      for (const l of upgradeListeners) server.on('upgrade', l);
+      installed = null;
     },
   };
-  return handle;
 }
 
 /**
- * The health route, for peers' checks and external load balancers: 503 unless serving. It also
- * carries the live session count, the sessions ever opened here and those kept for here that have
- * not opened yet, so peers see load changes between heartbeats and through a discovery outage,
- * and can tell which sessions they routed here arrived (even those that closed again since).
+ * Rolling-deploy drain: advertise `draining`, then close the sessions here gradually. The
+ * websockets proxied through here when the drain began (`tunnels`) are closed with them: their
+ * clients use this instance as their balancer and would otherwise all drop at once when it exits.
+ * Tunnels opened later belong to clients already moved once (this instance proxies every new
+ * session away now); they are left to the exit, so no client is disconnected twice by the drain.
  */
-function health(res: ServerResponse, registry: Registry, sessions: number, capacity: number, figures: { opened: number; pending: number }): void {
-  const view = registry.view();
-  const ok = registry.state === 'serving' || !registry.registered;
-  res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
-  res.end(JSON.stringify({
-    status: registry.state, id: view.self?.id ?? null, service: view.self?.service ?? null, discoveryOk: view.discoveryOk,
-    sessions, capacity, opened: figures.opened, pending: figures.pending, at: Date.now(),
-  }));
+function drainHere(o: {
+  config: ClusterConfig; membership: Membership; windowMs: number; tunnels: readonly Tunnel[];
+  sessions: () => Iterable<Closable>;
+}): Promise<DrainReport> {
+  const { config, membership, windowMs } = o;
+  const instanceId = config.instanceId;
+  membership.setState('draining');
+  publish('drain', () => ({ instanceId, phase: 'start', windowMs, sessions: membership.liveSessions() }));
+  const tunnels = new Set(o.tunnels);
+  return drainSessions({
+    windowMs,
+    noticeMs: config.heartbeatMs + config.healthIntervalMs,
+    sessions: () => [...o.sessions(), ...[...tunnels].filter((t) => t.open)],
+    onBatch: (b) => publish('drain', () => ({ instanceId, phase: 'batch', ...b })),
+  }).then((report) => {
+    publish('drain', () => ({ instanceId, phase: 'done', closed: report.closed, tookMs: report.tookMs, batches: report.batches.length }));
+    return report;
+  });
 }

@@ -19,6 +19,7 @@ import { Registry } from './discovery/registry';
 import type { MembershipView } from './discovery/view';
 import { EMPTY_LOAD } from './load';
 import { createLogger } from './log';
+import { ClusterError } from './outcomes';
 import { PACKAGE_VERSION } from './version';
 
 export interface CliIo {
@@ -31,10 +32,11 @@ const defaultIo: CliIo = {
   err: (t) => void process.stderr.write(t),
 };
 
-/** A failure to report in one line and exit with `code`. */
-class CliError extends Error {
-  constructor(message: string, readonly code: number) {
-    super(message);
+/** A failure to report in one line and exit with `exitCode`. */
+class CliError extends ClusterError {
+  constructor(message: string, readonly exitCode: number) {
+    super('DDPC_ERR_CLI', message);
+    this.name = 'CliError';
   }
 }
 
@@ -95,7 +97,7 @@ export async function run(argv: readonly string[], io: CliIo = defaultIo): Promi
   } catch (err) {
     if (err instanceof CliError) {
       io.err(`ddp-cluster: ${err.message}\n`);
-      return err.code;
+      return err.exitCode;
     }
     if (err instanceof ConfigError) {
       const flag = /discoveryUrl/.test(err.variable) ? '--discovery' : /secret/i.test(err.variable) ? '--secret'

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { NAME_PATTERN } from './names';
+import { ClusterError } from './outcomes';
 
 /** Log levels in increasing severity; `silent` turns logging off. */
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
@@ -55,13 +57,13 @@ export type ClusterOptions = { readonly [K in keyof ClusterConfig]?: ClusterConf
 type Env = Readonly<Record<string, string | undefined>>;
 
 /** A configuration value that can't be used: names the variable, the bad value and the fix. */
-export class ConfigError extends Error {
+export class ConfigError extends ClusterError {
   readonly variable: string;
   readonly value: string;
   readonly fix: string;
 
   constructor(variable: string, value: string, fix: string) {
-    super(`${variable}=${value} is invalid: ${fix}`);
+    super('DDPC_ERR_CONFIG', `${variable}=${value} is invalid: ${fix}`);
     this.name = 'ConfigError';
     this.variable = variable;
     this.value = value;
@@ -137,14 +139,13 @@ function duration(env: string, minMs: number, example: string): Field<number> {
   return field;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 function name(env: string): Field<string> {
   const field: Field<string> = {
     env,
     parse(raw, show) {
       const v = raw.trim();
-      if (!NAME_RE.test(v)) fail(field, show, 'use 1-64 letters, digits, "_" or "-", starting with a letter or digit, e.g. web');
+      if (!NAME_PATTERN.test(v)) fail(field, show, 'use 1-64 letters, digits, "_" or "-", starting with a letter or digit, e.g. web');
       return v;
     },
   };

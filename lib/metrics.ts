@@ -7,15 +7,16 @@
 import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import type { MembershipView } from './discovery/view';
 import { MEMBER_STATES } from './discovery/entry';
-import { ROUTE_REASONS } from './reasons';
+import { subscribe } from './events';
+import { ROUTE_ACTIONS, ROUTE_REASONS, type ClusterStats, type ErrorKind, type HealthStatus } from './outcomes';
 
-const ACTIONS: ReadonlySet<string> = new Set(['serve', 'proxy', 'pin', 'reject']);
+const ACTIONS: ReadonlySet<string> = new Set(ROUTE_ACTIONS);
 const REASONS: ReadonlySet<string> = new Set(ROUTE_REASONS);
 
 export interface MetricsDeps {
   readonly view: () => MembershipView;
-  /** The ClusterStats of lib/attach.ts, read defensively (fields may be added or missing). */
-  readonly stats: () => Readonly<Record<string, unknown>>;
+  /** The instance's stats, read defensively: a missing figure is no sample (or 0), never a failed scrape. */
+  readonly stats: () => MetricsStats;
   readonly instanceId: string;
   readonly service: string | null;
   readonly appVersion: string | null;
@@ -27,15 +28,15 @@ export interface ClusterMetrics {
   readonly contentType: string;
   /** The exposition text. */
   metrics(): Promise<string>;
+  /** Stops listening to the instance's events. */
+  close(): void;
 }
 
-/** A health-check result as `stats().health` reports it per member id. */
-interface CheckResult {
-  readonly up: boolean;
-  readonly checkedAt: number;
-  readonly rttMs: number | null;
-  readonly reason: string;
-}
+/** What the metrics read of a health-check result. */
+export type CheckResult = Pick<HealthStatus, 'up' | 'checkedAt' | 'rttMs' | 'reason'>;
+
+/** The ClusterStats the metrics read; any figure may be missing. */
+export type MetricsStats = Readonly<Partial<Omit<ClusterStats, 'health'>> & { readonly health?: Readonly<Record<string, CheckResult>> }>;
 
 export const METRIC_NAMES = [
   'ddp_cluster_info',
@@ -54,6 +55,7 @@ export const METRIC_NAMES = [
   'ddp_cluster_proxied_total',
   'ddp_cluster_routing_decisions_total',
   'ddp_cluster_proxy_errors_total',
+  'ddp_cluster_proxy_errors_by_kind_total',
   'ddp_cluster_proxy_retries_total',
   'ddp_cluster_untrusted_hops_total',
   'ddp_cluster_hops_total',
@@ -69,29 +71,23 @@ export const METRIC_NAMES = [
 
 interface Snapshot {
   readonly view: MembershipView;
-  readonly stats: Readonly<Record<string, unknown>>;
+  readonly stats: MetricsStats;
   readonly now: number;
 }
 
 const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
 /** Milliseconds to seconds without float noise (0.0021, not 0.0021000000000000003). */
 const sec = (ms: number): number => Math.round(ms * 1000) / 1e6;
-const counts = (v: unknown): [string, number][] =>
-  typeof v === 'object' && v !== null ? Object.entries(v as Record<string, unknown>).map(([k, n]) => [k, num(n)]) : [];
+const counts = (v: Readonly<Record<string, number | undefined>> | undefined): [string, number][] =>
+  v === undefined ? [] : Object.entries(v).map(([k, n]) => [k, num(n)]);
 
-export function healthResults(stats: Readonly<Record<string, unknown>>): Record<string, CheckResult> | null {
+/** The health-check results of `stats`, one per member id; null when the stats have none. */
+export function healthResults(stats: MetricsStats): Record<string, CheckResult> | null {
   const h = stats.health;
-  if (typeof h !== 'object' || h === null) return null;
+  if (h === undefined) return null;
   const out: Record<string, CheckResult> = {};
-  for (const [id, r] of Object.entries(h as Record<string, unknown>)) {
-    if (typeof r !== 'object' || r === null) continue;
-    const x = r as Record<string, unknown>;
-    out[id] = {
-      up: x.up === true,
-      checkedAt: num(x.checkedAt),
-      rttMs: typeof x.rttMs === 'number' ? x.rttMs : null,
-      reason: typeof x.reason === 'string' ? x.reason : '',
-    };
+  for (const [id, r] of Object.entries(h)) {
+    out[id] = { up: r.up, checkedAt: num(r.checkedAt), rttMs: r.rttMs, reason: r.reason };
   }
   return out;
 }
@@ -168,9 +164,15 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       if (i !== -1 && ACTIONS.has(action) && REASONS.has(reason)) c.inc({ action, reason }, n);
     }
   });
-  const scalar = (name: string, help: string, field: string): void =>
+  const scalar = (name: string, help: string, field: 'proxyErrors' | 'retries' | 'untrustedHops'): void =>
     void counter(name, help, [], (c, s) => c.inc(num(s.stats[field])));
   scalar('ddp_cluster_proxy_errors_total', 'Proxied requests and upgrades that failed.', 'proxyErrors');
+  // Fed by the lifecycle events (events.ts), not by stats(): error kinds are a fixed set of codes.
+  const errorsByKind = new Map<ErrorKind, number>();
+  const unsubscribe = subscribe(deps.instanceId, { proxyError: (e) => void errorsByKind.set(e.error, (errorsByKind.get(e.error) ?? 0) + 1) });
+  counter('ddp_cluster_proxy_errors_by_kind_total', 'Proxied requests and upgrades that failed, by error kind.', ['kind'], (c) => {
+    for (const [kind, n] of errorsByKind) c.inc({ kind }, n);
+  });
   scalar('ddp_cluster_proxy_retries_total', 'New sessions retried on another member after a failed connect.', 'retries');
   scalar('ddp_cluster_untrusted_hops_total', 'Requests whose hop header did not verify (stripped).', 'untrustedHops');
   counter('ddp_cluster_hops_total', 'Requests forwarded between instances: in = received with a verified hop header, out = forwarded to a peer.', ['direction'], (c, s) => {
@@ -211,5 +213,6 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       }
       return registry.metrics();
     },
+    close: unsubscribe,
   };
 }

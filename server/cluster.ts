@@ -2,6 +2,8 @@ import {
   attach, ConfigError, createLogger, drainOnSignals, parseConfig, redactedConfig,
   type ClusterHandle, type ClusterOptions, type ClusterStats, type MembershipView, type RegistryEvents,
 } from '../lib/index';
+import { NAME_PATTERN } from '../lib/names';
+import { ClusterError } from '../lib/outcomes';
 import { ServiceConnection } from './discover';
 import type { DdpConnection, DdpConnectOptions, ServerPackages } from './meteor-env';
 import { pinDdpUrl } from './pin-ddp-url';
@@ -42,7 +44,6 @@ export interface ClusterApi {
 
 /** Never resolves (RFC 2606): a discovered connection waits here, disconnected, for its first member. */
 const NOWHERE = 'http://ddp-cluster.invalid';
-const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 type Writable<T> = { -readonly [K in keyof T]: T[K] };
 interface Subscription { readonly event: string; readonly listener: unknown; readonly apply: (h: ClusterHandle) => void }
@@ -65,12 +66,12 @@ export class MeteorCluster implements ClusterApi {
   connect(discoveryUrl: string, options: ConnectOptions = {}): void {
     this.configurable('connect');
     if (this.#options.discoveryUrl !== undefined) {
-      throw new Error('Cluster.connect() was called twice: this instance already has a discovery URL. '
+      throw new ClusterError('DDPC_ERR_API_MISUSE', 'Cluster.connect() was called twice: this instance already has a discovery URL. '
         + 'Remove the second call (CLUSTER_DISCOVERY_URL sets it without code).');
     }
     const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(String(discoveryUrl))?.[1];
     if (scheme !== 'mongodb' && scheme !== 'mongodb+srv') {
-      throw new Error(`Cluster.connect(): ${scheme ? `unknown discovery scheme "${scheme}:"` : 'the discovery URL has no scheme'}. `
+      throw new ClusterError('DDPC_ERR_CONFIG', `Cluster.connect(): ${scheme ? `unknown discovery scheme "${scheme}:"` : 'the discovery URL has no scheme'}. `
         + 'ddp-cluster keeps its registry in MongoDB: use mongodb://host:27017/db or mongodb+srv://host/db '
         + '(any MongoDB-compatible server; the app\'s MONGO_URL works).');
     }
@@ -82,7 +83,7 @@ export class MeteorCluster implements ClusterApi {
   register(service: string, options: RegisterOptions = {}): void {
     this.configurable('register');
     if (this.#options.service !== undefined) {
-      throw new Error(`Cluster.register() was called twice: this instance is already registered as "${this.#options.service}" `
+      throw new ClusterError('DDPC_ERR_API_MISUSE', `Cluster.register() was called twice: this instance is already registered as "${this.#options.service}" `
         + 'and an instance registers one service. Remove the second call (CLUSTER_SERVICE sets it without code).');
     }
     this.set({ service, endpointUrl: options.endpoint, balancerUrl: options.balancer, uiService: options.uiService, selfWeight: options.selfWeight });
@@ -95,11 +96,11 @@ export class MeteorCluster implements ClusterApi {
   }
 
   discoverConnection(service: string, ddpOptions?: DdpConnectOptions): DdpConnection {
-    if (!SERVICE_NAME.test(String(service))) {
-      throw new Error(`Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
+    if (!NAME_PATTERN.test(String(service))) {
+      throw new ClusterError('DDPC_ERR_SERVICE_NAME', `Cluster.discoverConnection(): ${JSON.stringify(service)} is not a service name (1-64 letters, digits, "_" or "-")`);
     }
     if (this.#started && !this.#handle) {
-      throw new Error('Cluster.discoverConnection(): this instance is not in a cluster; set CLUSTER_DISCOVERY_URL or call Cluster.connect()');
+      throw new ClusterError('DDPC_ERR_NOT_CLUSTERED', 'Cluster.discoverConnection(): this instance is not in a cluster; set CLUSTER_DISCOVERY_URL or call Cluster.connect()');
     }
     const connection = this.#meteor['ddp-client'].DDP.connect(NOWHERE, ddpOptions);
     connection.disconnect();
@@ -158,7 +159,7 @@ export class MeteorCluster implements ClusterApi {
 
   private configurable(method: string): void {
     if (this.#started) {
-      throw new Error(`Cluster.${method}() was called after Meteor started: the cluster is configured once, at startup. `
+      throw new ClusterError('DDPC_ERR_API_MISUSE', `Cluster.${method}() was called after Meteor started: the cluster is configured once, at startup. `
         + 'Call it at the top level of your server code or in Meteor.startup, or use the CLUSTER_* environment variables.');
     }
   }

@@ -8,6 +8,7 @@ import { meteorPackages } from './meteor';
 
 export type { ClusterApi, ClusterListener, ClusterStatus, ConnectOptions, RegisterOptions } from './cluster';
 export type { DdpConnection, DdpConnectOptions } from './meteor-env';
+export { ClusterError, ERROR_CODES, type ErrorCode } from '../lib/outcomes';
 
 const packages = meteorPackages();
 const cluster = new MeteorCluster(packages);

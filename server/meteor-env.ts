@@ -7,6 +7,9 @@
  *   packages/ddp-client, socket-stream-client/common.js   DDP.connect, status(), reconnect({ url })
  */
 import type { IncomingHttpHeaders, Server } from 'node:http';
+import type { DdpConnectOptions, DdpConnection } from '../lib/ddp-connection';
+
+export type { DdpConnectOptions, DdpConnection, DdpStatus } from '../lib/ddp-connection';
 
 /** A decoded `__meteor_runtime_config__`. */
 export type RuntimeConfig = Record<string, unknown>;
@@ -37,25 +40,6 @@ export interface MeteorServer {
   /** DDP sessions by id; a Session has close() (livedata_server.js). */
   readonly server: { readonly sessions: ReadonlyMap<string, { close(): void }> };
 }
-
-/** `connection.status()`: socket-stream-client's currentStatus. */
-export interface DdpStatus {
-  readonly status: 'connected' | 'connecting' | 'failed' | 'waiting' | 'offline';
-  readonly connected: boolean;
-  readonly retryCount: number;
-  /** While `waiting`: when Meteor retries next (ms since the epoch). */
-  readonly retryTime?: number;
-}
-
-/** A Meteor DDP connection (livedata_connection.js); the glue only moves it between members. */
-export interface DdpConnection {
-  status(): DdpStatus;
-  reconnect(options?: { readonly url?: string }): void;
-  disconnect(): void;
-  callAsync(name: string, ...args: unknown[]): Promise<unknown>;
-}
-
-export type DdpConnectOptions = Readonly<Record<string, unknown>>;
 
 export interface DdpStatic {
   connect(url: string, options?: DdpConnectOptions): DdpConnection;

@@ -1,3 +1,4 @@
+import { ClusterError } from '../lib/outcomes';
 import type { ServerPackages } from './meteor-env';
 
 /**
@@ -8,7 +9,7 @@ import type { ServerPackages } from './meteor-env';
 export function meteorPackages(): ServerPackages {
   const pkg = (globalThis as { Package?: Partial<ServerPackages> }).Package;
   if (!pkg?.meteor?.Meteor || !pkg.webapp?.WebApp || !pkg['ddp-client']?.DDP) {
-    throw new Error('ddp-cluster: the Meteor glue (server/index.ts) must run inside a Meteor 3 server that uses the '
+    throw new ClusterError('DDPC_ERR_NOT_METEOR', 'ddp-cluster: the Meteor glue (server/index.ts) must run inside a Meteor 3 server that uses the '
       + 'meteor, webapp and ddp packages; outside Meteor, use attach(httpServer, options) from the core instead');
   }
   return pkg as ServerPackages;

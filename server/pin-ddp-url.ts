@@ -1,8 +1,9 @@
 import type { ClusterHandle } from '../lib/index';
+import { FALLBACK_KEY } from '../lib/names';
 import type { RuntimeConfigHookArgs, WebAppServer } from './meteor-env';
 
 /** Where a pinned client goes back to when its pinned balancer stops answering (client/index.ts). */
-export const FALLBACK_KEY = 'DDP_CLUSTER_FALLBACK_URL';
+export { FALLBACK_KEY };
 
 /**
  * Points each page's DDP connection straight at the balancer URL of the member picked for it,

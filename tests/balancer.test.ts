@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import type { WhoamiResult } from './support/ddp-app';
+import type { WhoamiResult } from '../examples/node-ddp-app/app';
 import {
   getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp, simpleDdp, wsDdp, type DdpClient,
-} from './support/ddp-clients';
+} from '../examples/node-ddp-app/clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import net from 'node:net';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';

@@ -10,7 +10,7 @@ import type { MembershipView } from '../lib/discovery/view';
 import { EMPTY_LOAD } from '../lib/load';
 import { createLogger } from '../lib/log';
 import { TEST_SECRET, freePort, spawnInstance, type ChildInstance } from './support/cluster';
-import { httpRequest, wsDdp } from './support/ddp-clients';
+import { httpRequest, wsDdp } from '../examples/node-ddp-app/clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { outageControl, type Outage } from './support/outage';
 import { RetryingDdpClient, type Transport } from './support/retrying-client';

@@ -11,7 +11,7 @@ import {
 import { EventLog, SessionHistory } from '../lib/dashboard/history';
 import { METRIC_NAMES } from '../lib/metrics';
 import { TEST_SECRET, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
-import { httpRequest, wsDdp, type DdpClient, type HttpResult } from './support/ddp-clients';
+import { httpRequest, wsDdp, type DdpClient, type HttpResult } from '../examples/node-ddp-app/clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { eventually } from './support/wait';
 

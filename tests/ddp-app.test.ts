@@ -1,11 +1,11 @@
 /**
- * The Meteor-like fixture (tests/support/ddp-app.ts) and the real clients
- * (tests/support/ddp-clients.ts) behave like a Meteor 3 server and its clients.
+ * The Meteor-like fixture (examples/node-ddp-app/app.ts) and the real clients
+ * (examples/node-ddp-app/clients.ts) behave like a Meteor 3 server and its clients.
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import WebSocket from 'ws';
-import { createDdpApp, meteorClientAddress, type DdpApp, type DdpAppOptions, type WhoamiResult } from './support/ddp-app';
+import { createDdpApp, meteorClientAddress, type DdpApp, type DdpAppOptions, type WhoamiResult } from '../examples/node-ddp-app/app';
 import {
   DdpError,
   getSockjsInfo,
@@ -17,7 +17,7 @@ import {
   withTimeout,
   wsDdp,
   type DdpClient,
-} from './support/ddp-clients';
+} from '../examples/node-ddp-app/clients';
 
 const apps: DdpApp[] = [];
 const clients: DdpClient[] = [];

@@ -13,7 +13,7 @@ import { MongoClient } from 'mongodb';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { endpointHash, keysFrom } from '../lib/sign';
 import { TEST_SECRET, spawnInstance, startCluster, waitView, type ChildInstance, type Instance } from './support/cluster';
-import { wsDdp } from './support/ddp-clients';
+import { wsDdp } from '../examples/node-ddp-app/clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { eventually } from './support/wait';
 import { prng } from './support/prng';

@@ -5,13 +5,13 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
-import { ROUTE_REASONS } from '../lib/reasons';
+import { ROUTE_REASONS } from '../lib/outcomes';
 import { keysFrom } from '../lib/sign';
 import { TEST_SECRET, freePort, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
 import { RetryingDdpClient } from './support/retrying-client';
-import { httpRequest, rawXhrDdp, wsDdp } from './support/ddp-clients';
-import type { WhoamiResult } from './support/ddp-app';
+import { httpRequest, rawXhrDdp, wsDdp } from '../examples/node-ddp-app/clients';
+import type { WhoamiResult } from '../examples/node-ddp-app/app';
 import { mongo, uniqueDbUrl } from './support/mongo';
 
 const PASSWORD = 'hardening-dashboard-password';

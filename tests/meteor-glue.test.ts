@@ -4,8 +4,8 @@
  * MongoDB-compatible server.
  */
 import assert from 'node:assert/strict';
-import type { WhoamiResult } from './support/ddp-app';
-import { httpRequest, sockjsDdp, type SockjsDdpClient } from './support/ddp-clients';
+import type { WhoamiResult } from '../examples/node-ddp-app/app';
+import { httpRequest, sockjsDdp, type SockjsDdpClient } from '../examples/node-ddp-app/clients';
 import { freePort, TEST_SECRET } from './support/cluster';
 import {
   encodedConfigOfPage, runtimeConfigOfPage, spawnMeteor, type MeteorChild, type MemberSummary, type ShimApp,

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { endpointHash } from '../lib/index';
 import { TEST_SECRET } from './support/cluster';
-import { httpRequest, rawXhrDdp, wsDdp, type WsDdpClient } from './support/ddp-clients';
+import { httpRequest, rawXhrDdp, wsDdp, type WsDdpClient } from '../examples/node-ddp-app/clients';
 import {
   buildApp, killAll, linkedPackageDirs, meteorRun, meteorTool, packTarball, startBundle,
   type BuiltApp, type MeteorProcess,

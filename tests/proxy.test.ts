@@ -4,7 +4,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { HOP_HEADER } from '../lib/balancer/hop';
 import { Forwarder, PEER_IDLE_MS } from '../lib/balancer/proxy';
-import { httpRequest } from './support/ddp-clients';
+import { httpRequest } from '../examples/node-ddp-app/clients';
 import { eventually } from './support/wait';
 
 describe('Forwarder (real sockets)', function () {

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { MAX_PENDING, SESSION_TABLE_MAX } from '../lib/balancer/balancer';
+import { MAX_PENDING, SESSION_TABLE_MAX } from '../lib/balancer/gateway';
 import { HOP_WINDOW_MS, REPLAY_MAX } from '../lib/balancer/hop';
 import { CONFIG_ENV_VARS } from '../lib/config';
 import { LOCAL_POLLS_MAX } from '../lib/local-sessions';
 import { ONCE_MAX_KEYS } from '../lib/log';
 import { METRIC_NAMES } from '../lib/metrics';
+import { ERROR_CODES } from '../lib/outcomes';
 
 /** The README section under `heading` (up to the next heading of the same or a higher level). */
 function section(readme: string, heading: string): string {
@@ -38,6 +39,12 @@ describe('README', () => {
     assert.match(setup, /npm run demo\b/);
     assert.ok(pkg.scripts.test && pkg.scripts.demo, 'package.json has the test and demo scripts');
     assert.match(readme, /MOCHA_SPEC=tests\/route\.test\.ts,tests\/classify\.test\.ts npx mocha/);
+  });
+
+  it('documents every error code, and documents no code that does not exist', () => {
+    const errors = section(readme, '### Error codes');
+    const documented = [...errors.matchAll(/^\| `(DDPC_ERR_[A-Z_]+)`/gm)].map((m) => m[1]);
+    assert.deepEqual(documented.sort(), Object.keys(ERROR_CODES).sort());
   });
 
   it('documents every Prometheus metric the instances expose', () => {

@@ -10,7 +10,8 @@
  * Everything else is the app's (pages, assets, routes).
  */
 
-import type { MalformedReason } from '../reasons';
+import type { MalformedReason } from '../outcomes';
+import { NAME_PATTERN } from '../names';
 
 export const TRANSPORTS = ['websocket', 'xhr', 'xhr_send', 'xhr_streaming', 'eventsource', 'htmlfile', 'jsonp', 'jsonp_send'] as const;
 export type Transport = (typeof TRANSPORTS)[number];
@@ -56,7 +57,6 @@ export interface ClassifyOptions {
 }
 
 export const MAX_URL_LENGTH = 8192;
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const HASH = /^[0-9a-f]{8,64}$/;
 // sockjs-node accepts [^/.]+; we also bound the length and refuse control characters.
 const SERVER_ID = /^[^/.\x00-\x20\x7f]{1,64}$/;
@@ -96,7 +96,7 @@ export function classify(rawUrl: string, opts: ClassifyOptions): RequestFacts {
   if (slash > 1) {
     const service = rest.slice(1, slash);
     const tail = rest.slice(slash);
-    if (NAME.test(service)) {
+    if (NAME_PATTERN.test(service)) {
       if (tail === '/sockjs' || tail.startsWith('/sockjs/')) {
         return sockjs(tail.slice('/sockjs'.length), query, { service, pinned: null }, prefix);
       }
@@ -123,7 +123,7 @@ function pinned(rest: string, query: string, prefix: string): RequestFacts {
   const hash = parts[2] ?? '';
   const service = parts[3] ?? '';
   if (!HASH.test(hash)) return malformed(404, 'unknown endpoint');
-  if (!NAME.test(service)) return malformed(400, 'bad service name');
+  if (!NAME_PATTERN.test(service)) return malformed(400, 'bad service name');
   const tail = rest.slice(`/cluster-ddp/${hash}/${service}`.length);
   if (tail === '/websocket' || tail === '/websocket/') {
     return { kind: 'raw-websocket', service, pinned: hash, localUrl: `${prefix}/websocket${query}` };

@@ -9,24 +9,9 @@ import http from 'node:http';
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import type { Member, MembershipView } from '../discovery/view';
-import type { MemberState } from '../discovery/entry';
-import { errorKind } from '../reasons';
+import { errorKind, type HealthStatus, type MemberState } from '../outcomes';
 
-export interface HealthStatus {
-  readonly up: boolean;
-  /** Wall-clock time of the last result (check or passive observation). */
-  readonly checkedAt: number;
-  readonly rttMs: number | null;
-  readonly reason: string;
-  /** State the peer reported in its last answer (fresher than its registry entry). */
-  readonly state: MemberState | null;
-  /**
-   * Sessions and capacity the peer reported, at `at` by its clock, the sessions it ever opened and
-   * those it kept for itself that have not opened yet (both absent from older versions); null if
-   * it didn't say.
-   */
-  readonly load: { readonly sessions: number; readonly capacity: number; readonly at: number; readonly opened?: number; readonly pending?: number } | null;
-}
+export type { HealthStatus } from '../outcomes';
 
 export interface HealthOptions {
   readonly intervalMs: number;

@@ -8,7 +8,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import type { HopRejection } from '../reasons';
+import type { HopRejection } from '../outcomes';
 
 // Nonces only need to be unique: a random prefix per process and a counter, instead of reading
 // the system's randomness on every proxied request.

@@ -10,14 +10,6 @@ import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import { HOP_HEADER } from './hop';
 
-/** Errors that mean "nobody is listening there": the peer is down (passive health check). */
-const REFUSALS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT']);
-
-export function isRefusal(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && REFUSALS.has(code);
-}
-
 export interface ProxyAttempt {
   readonly target: URL;
   readonly headers: Readonly<Record<string, string>>;

@@ -1,12 +1,17 @@
 /**
- * The routing decision: one pure function from (request facts, this instance, the membership
- * view, policy, the balancer's small local state) to serve here | proxy to a member | pin a new
- * session to a member (sockjs info) | reject. No I/O, no clock, no randomness of its own.
+ * The routing decisions, pure: no I/O, no clock, no randomness of its own.
+ *
+ *   door()   what reaches the balancer at all: malformed URLs and upgrades of plain resources are
+ *            refused, the health route and the dashboard are answered, upgrades outside DDP go to
+ *            the app untouched; DDP requests and pages are balanced.
+ *   route()  a balanced request, from (its facts, this instance, the membership view, policy, the
+ *            balancer's small local state) to serve here | proxy to a member | pin a new session
+ *            to a member (sockjs info) | reject.
  */
 import type { Member, MembershipView } from '../discovery/view';
-import type { DdpFacts } from './classify';
+import type { DdpFacts, RequestFacts } from './classify';
 import { rendezvous } from './rendezvous';
-import type { RouteReason } from '../reasons';
+import type { MalformedReason, RouteReason } from '../outcomes';
 
 export interface RoutePolicy {
   /** CLUSTER_SELF_WEIGHT: 1 = a full share here, 0 = only proxy (unless nobody else can serve). */
@@ -57,6 +62,41 @@ export interface RouteInput {
   readonly view: MembershipView;
   readonly policy: RoutePolicy;
   readonly state: RouteState;
+}
+
+/** What the balancer routes: DDP requests (sockjs and raw websocket) and pages. */
+export type Balanced = DdpFacts | { readonly kind: 'page' };
+
+/** What happens to a request or upgrade before any balancing. */
+export type DoorDecision =
+  | { readonly action: 'refuse'; readonly status: 400 | 404 | 414; readonly reason: MalformedReason | 'not a websocket endpoint' }
+  | { readonly action: 'health' }
+  | { readonly action: 'dashboard'; readonly sub: string }
+  /** An upgrade of a page, the dashboard or the health route: the app's, untouched. */
+  | { readonly action: 'app' }
+  | { readonly action: 'balance'; readonly facts: Balanced };
+
+/** The front door's decision for classified `facts`, arriving as an HTTP request or a websocket upgrade. */
+export function door(facts: RequestFacts, upgrade: boolean): DoorDecision {
+  switch (facts.kind) {
+    case 'malformed':
+      return { action: 'refuse', status: facts.status, reason: facts.reason };
+    case 'health':
+      return upgrade ? { action: 'app' } : { action: 'health' };
+    case 'dashboard':
+      return upgrade ? { action: 'app' } : { action: 'dashboard', sub: facts.sub };
+    case 'page':
+      return upgrade ? { action: 'app' } : { action: 'balance', facts };
+    case 'raw-websocket':
+      return { action: 'balance', facts };
+    case 'transport':
+      // Of the sockjs transports only websocket is an upgrade.
+      if (upgrade && facts.transport !== 'websocket') return { action: 'refuse', status: 400, reason: 'not a websocket endpoint' };
+      return { action: 'balance', facts };
+    default:
+      // sockjs info, greeting, iframe: plain HTTP resources, never upgraded.
+      return upgrade ? { action: 'refuse', status: 400, reason: 'not a websocket endpoint' } : { action: 'balance', facts };
+  }
 }
 
 const serve = (reason: RouteReason, newSession = false): Decision => ({ action: 'serve', reason, newSession });

@@ -16,6 +16,7 @@ import type { ClusterConfig } from '../config';
 import type { RegistryEvents } from '../discovery/registry';
 import type { Member, MembershipView } from '../discovery/view';
 import type { Logger } from '../log';
+import type { ClusterStats } from '../outcomes';
 import { createMetrics, healthResults, type ClusterMetrics } from '../metrics';
 import { PACKAGE_VERSION } from '../version';
 import {
@@ -30,8 +31,7 @@ export interface DashboardDeps {
   readonly config: ClusterConfig;
   readonly logger: Logger;
   readonly view: () => MembershipView;
-  /** The ClusterStats of lib/attach.ts (typed loosely here to avoid an import cycle). */
-  readonly stats: () => Readonly<Record<string, unknown>>;
+  readonly stats: () => ClusterStats;
   readonly on: <E extends keyof RegistryEvents>(event: E, listener: (...args: RegistryEvents[E]) => void) => void;
 }
 
@@ -87,7 +87,7 @@ export interface ApiCluster {
   readonly members: readonly ApiMember[];
   readonly duplicates: MembershipView['duplicates'];
   /** This instance's balancer counters (ClusterStats without `health`). */
-  readonly stats: Readonly<Record<string, unknown>>;
+  readonly stats: Omit<ClusterStats, 'health'>;
   readonly historyIntervalMs: number;
   /** Samples newer than `?since=` (all kept ones without it), oldest first. */
   readonly history: readonly Sample[];
@@ -108,232 +108,289 @@ const COMMON_HEADERS: Readonly<Record<string, string>> = {
 
 export function createDashboard(deps: DashboardDeps): Dashboard {
   const { config, logger } = deps;
-  const base = config.pathPrefix + config.dashboardPath;
   const passwords = dashboardPasswords(config);
-
-  if (passwords.length === 0) {
-    return {
-      handle(_req, res) {
-        logger.once('warn', 'dashboard.disabled', 'dashboard.disabled', {
-          reason: 'neither CLUSTER_DASHBOARD_PASSWORD nor CLUSTER_SECRET is set, so the dashboard has no password',
-          fix: 'set CLUSTER_SECRET (the dashboard password is then derived from it) or CLUSTER_DASHBOARD_PASSWORD',
-        });
-        send(res, 404, 'text/plain; charset=utf-8', 'not found\n');
-      },
-      close() {},
-    };
-  }
-
-  const auth = new DashboardAuth(passwords);
-  const limiter = new FailureLimiter({ maxFailures: 10, windowMs: 5 * 60_000, maxEntries: 10_000 });
-  const forwardedCount = config.forwardedCount;
-  const history = new SessionHistory(HISTORY_SAMPLES);
-  const events = new EventLog(MAX_EVENTS);
-  const metrics: ClusterMetrics = createMetrics({
-    view: deps.view, stats: deps.stats, instanceId: config.instanceId, service: config.service,
-    appVersion: config.appVersion, pkgVersion: PACKAGE_VERSION,
-  });
-  let closed = false;
-
-  // Down/up events from two sources (heartbeat staleness, active checks); one 'down' per outage.
-  const downBy = new Map<string, Set<'heartbeat' | 'check'>>();
-  const lastSessions = new Map<string, number>();
-  const event = (kind: EventKind, member: string | null, detail: string): void => {
-    if (!closed) events.add(Date.now(), kind, member, detail);
+  if (passwords.length === 0) return disabled(logger);
+  const site: Site = {
+    deps,
+    base: config.pathPrefix + config.dashboardPath,
+    access: new Access(passwords, config.forwardedCount, logger),
+    watch: new ClusterWatch(deps),
+    metrics: createMetrics({
+      view: deps.view, stats: deps.stats, instanceId: config.instanceId, service: config.service,
+      appVersion: config.appVersion, pkgVersion: PACKAGE_VERSION,
+    }),
   };
-  const signal = (id: string, source: 'heartbeat' | 'check', down: boolean, detail: string): void => {
-    const set = downBy.get(id) ?? new Set();
-    const was = set.size > 0;
-    if (down) set.add(source);
-    else set.delete(source);
-    if (set.size > 0) downBy.set(id, set);
-    else downBy.delete(id);
-    if (!was && set.size > 0) {
-      event('down', id, detail);
-      const n = lastSessions.get(id) ?? 0;
-      if (n > 0) event('failover', id, `${n} session${n === 1 ? '' : 's'} of ${id} move to the survivors`);
-    } else if (was && set.size === 0) {
-      event('up', id, detail);
-    }
-  };
-
-  deps.on('join', (m) => event('join', m.id, `${m.service} at ${m.endpoint} (${m.state})`));
-  deps.on('leave', (m) => {
-    downBy.delete(m.id);
-    event('leave', m.id, 'left the registry');
-  });
-  deps.on('change', (after, before) => {
-    if (before.healthy !== after.healthy) {
-      signal(after.id, 'heartbeat', !after.healthy, after.healthy ? 'heartbeat advancing again'
-        : `no heartbeat for ${(config.staleMs / 1000).toFixed(1)} s`);
-    }
-    for (const e of stateEvents(before, after)) event(e.kind, after.id, e.detail);
-  });
-  deps.on('outage', (err) => event('outage', null, `discovery unreachable: ${err.message.slice(0, 200)}`));
-  deps.on('recovered', () => event('recovered', null, 'discovery reachable again'));
-
-  let checks: Record<string, { up: boolean; reason: string }> = {};
-  const sample = (): void => {
-    const now = Date.now();
-    const view = deps.view();
-    // Healthy members only: a dead member's last report is stale, its line should end.
-    history.record(now, view.members.filter((m) => m.healthy));
-    for (const m of view.members) if (m.healthy) lastSessions.set(m.id, m.load.sessions);
-    for (const id of lastSessions.keys()) if (!view.byId.has(id)) lastSessions.delete(id);
-    const h = healthResults(deps.stats()) ?? {};
-    for (const [id, r] of Object.entries(h)) {
-      const before = checks[id];
-      if (before === undefined ? !r.up : before.up !== r.up) {
-        signal(id, 'check', !r.up, r.up ? 'health check passes again' : `health check failed: ${r.reason}`);
-      }
-    }
-    checks = h;
-  };
-  const timer = setInterval(() => {
-    try {
-      sample();
-    } catch (err) {
-      logger.once('error', 'dashboard.sample_failed', 'dashboard.sample_failed', { error: err });
-    }
-  }, HISTORY_INTERVAL_MS);
-  timer.unref();
-
-  const snapshot = (since: number, afterSeq: number): ApiCluster => {
-    const view = deps.view();
-    const stats = { ...deps.stats() };
-    const h = healthResults(stats);
-    delete stats.health;
-    const now = Date.now();
-    const healthy = view.members.filter((m) => m.healthy);
-    return {
-      now,
-      instanceId: config.instanceId,
-      self: view.self?.id ?? null,
-      discovery: { ok: view.discoveryOk, stale: view.stale, rttMs: typeof stats.discoveryRttMs === 'number' ? stats.discoveryRttMs : null },
-      totals: {
-        members: view.members.length,
-        healthy: healthy.length,
-        serving: view.members.filter((m) => m.state === 'serving').length,
-        draining: view.members.filter((m) => m.state === 'draining').length,
-        starting: view.members.filter((m) => m.state === 'starting').length,
-        sessions: healthy.reduce((s, m) => s + m.load.sessions, 0),
-        capacity: healthy.reduce((s, m) => s + m.load.capacity, 0),
-      },
-      members: view.members.map((m) => apiMember(m, now, h?.[m.id] ?? null)),
-      duplicates: view.duplicates,
-      stats,
-      historyIntervalMs: HISTORY_INTERVAL_MS,
-      history: history.since(since),
-      events: events.after(afterSeq),
-    };
-  };
-
-  type AuthResult = { ok: true } | { ok: false; limitedMs: number; attempted: boolean };
-
-  const authenticate = async (req: IncomingMessage): Promise<AuthResult> => {
-    const now = Date.now();
-    if (await auth.checkToken(sessionCookieOf(req), now)) return { ok: true };
-    const password = basicPassword(req);
-    if (password === null) return { ok: false, limitedMs: 0, attempted: false };
-    return checkAttempt(req, password, now);
-  };
-
-  const checkAttempt = (req: IncomingMessage, password: string, now: number): AuthResult => {
-    const key = clientKey(req, forwardedCount);
-    const wait = limiter.blockedFor(key, now);
-    if (wait > 0) return { ok: false, limitedMs: wait, attempted: true };
-    if (auth.checkPassword(password)) {
-      limiter.succeed(key);
-      return { ok: true };
-    }
-    if (limiter.fail(key, now)) {
-      logger.warn('dashboard.login_blocked', { client: key, note: 'too many wrong dashboard passwords; refusing this address for 5 min' });
-    }
-    return { ok: false, limitedMs: 0, attempted: true };
-  };
-
-  const html = (res: ServerResponse, status: number, render: (nonce: string) => string, extra: Record<string, string | string[]> = {}): void => {
-    const nonce = randomBytes(16).toString('base64');
-    const csp = `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; img-src 'self'; `
-      + `form-action 'self'; frame-ancestors 'none'; base-uri 'none'`;
-    send(res, status, 'text/html; charset=utf-8', render(nonce), { 'Content-Security-Policy': csp, ...extra });
-  };
-
-  const unauthorized = (req: IncomingMessage, res: ServerResponse, r: AuthResult): void => {
-    if (!r.ok && r.limitedMs > 0) {
-      return send(res, 429, 'application/json', '{"error":"too many failed attempts"}\n', { 'Retry-After': String(Math.ceil(r.limitedMs / 1000)) });
-    }
-    // The page's own requests get no challenge, so the browser shows no Basic-auth prompt.
-    const challenge: Record<string, string> = req.headers['x-ddp-cluster-dashboard'] ? {} : { 'WWW-Authenticate': 'Basic realm="ddp-cluster", charset="UTF-8"' };
-    send(res, 401, 'application/json', '{"error":"authentication required"}\n', challenge);
-  };
-
-  const serve = async (req: IncomingMessage, res: ServerResponse, sub: string): Promise<void> => {
-    const method = req.method ?? 'GET';
-    const read = method === 'GET' || method === 'HEAD';
-    const url = new URL(req.url ?? '/', 'http://x');
-    switch (sub) {
-      case '/':
-      case '/index.html': {
-        if (!read) return notAllowed(res, 'GET, HEAD');
-        const r = await authenticate(req);
-        if (r.ok) return html(res, 200, (nonce) => dashboardPage({ base, nonce, instanceId: config.instanceId }));
-        if (r.limitedMs > 0) return html(res, 429, (nonce) => loginPage({ base, nonce, error: tooMany(r.limitedMs) }), { 'Retry-After': String(Math.ceil(r.limitedMs / 1000)) });
-        return html(res, r.attempted ? 401 : 200, (nonce) => loginPage({ base, nonce, error: r.attempted ? 'Wrong password.' : null }));
-      }
-      case '/login': {
-        if (read) return redirect(res, `${base}/`);
-        if (method !== 'POST') return notAllowed(res, 'POST');
-        if (!sameOrigin(req)) return send(res, 403, 'text/plain; charset=utf-8', 'cross-site login refused\n');
-        const body = await readBody(req);
-        if (body === null) return send(res, 413, 'text/plain; charset=utf-8', 'request body too large\n');
-        const password = new URLSearchParams(body).get('password') ?? '';
-        const r = checkAttempt(req, password, Date.now());
-        if (r.ok) {
-          const { token, expiresAt } = await auth.issueToken(Date.now());
-          logger.info('dashboard.login', { client: clientKey(req, forwardedCount) });
-          return redirect(res, `${base}/`, { 'Set-Cookie': setSessionCookie(req, base, token, expiresAt) });
-        }
-        if (r.limitedMs > 0) return html(res, 429, (nonce) => loginPage({ base, nonce, error: tooMany(r.limitedMs) }), { 'Retry-After': String(Math.ceil(r.limitedMs / 1000)) });
-        return html(res, 401, (nonce) => loginPage({ base, nonce, error: 'Wrong password.' }));
-      }
-      case '/logout': {
-        if (method !== 'POST') return notAllowed(res, 'POST');
-        if (!sameOrigin(req)) return send(res, 403, 'text/plain; charset=utf-8', 'cross-site logout refused\n');
-        return redirect(res, `${base}/`, { 'Set-Cookie': clearSessionCookie(req, base) });
-      }
-      case '/api/cluster': {
-        if (!read) return notAllowed(res, 'GET, HEAD');
-        const r = await authenticate(req);
-        if (!r.ok) return unauthorized(req, res, r);
-        const since = Number(url.searchParams.get('since') ?? -Infinity);
-        const after = Number(url.searchParams.get('events') ?? 0);
-        return send(res, 200, 'application/json', JSON.stringify(snapshot(Number.isFinite(since) ? since : -Infinity, Number.isFinite(after) ? after : 0)));
-      }
-      case '/metrics': {
-        if (!read) return notAllowed(res, 'GET, HEAD');
-        const r = await authenticate(req);
-        if (!r.ok) return unauthorized(req, res, r);
-        return send(res, 200, metrics.contentType, await metrics.metrics());
-      }
-      default:
-        return send(res, 404, 'text/plain; charset=utf-8', 'not found\n');
-    }
-  };
-
   return {
     handle(req, res, sub) {
-      serve(req, res, sub).catch((err: unknown) => {
+      serve(site, req, res, sub).catch((err: unknown) => {
         logger.error('dashboard.request_failed', { error: err, url: req.url?.slice(0, 200) });
         if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', 'internal error\n');
         else res.destroy();
       });
     },
     close() {
-      closed = true;
-      clearInterval(timer);
+      site.watch.close();
+      site.metrics.close();
     },
   };
+}
+
+/** Without a password there is no dashboard: 404, and one warning a minute saying how to get one. */
+function disabled(logger: Logger): Dashboard {
+  return {
+    handle(_req, res) {
+      logger.once('warn', 'dashboard.disabled', 'dashboard.disabled', {
+        reason: 'neither CLUSTER_DASHBOARD_PASSWORD nor CLUSTER_SECRET is set, so the dashboard has no password',
+        fix: 'set CLUSTER_SECRET (the dashboard password is then derived from it) or CLUSTER_DASHBOARD_PASSWORD',
+      });
+      send(res, 404, 'text/plain; charset=utf-8', 'not found\n');
+    },
+    close() {},
+  };
+}
+
+/** What the dashboard's routes work with. */
+interface Site {
+  readonly deps: DashboardDeps;
+  /** CLUSTER_DASHBOARD_PATH under ROOT_URL_PATH_PREFIX. */
+  readonly base: string;
+  readonly access: Access;
+  readonly watch: ClusterWatch;
+  readonly metrics: ClusterMetrics;
+}
+
+type AuthResult = { ok: true } | { ok: false; limitedMs: number; attempted: boolean };
+
+/** Who may see the dashboard: session cookies and passwords, with failed attempts limited per client. */
+class Access {
+  readonly #auth: DashboardAuth;
+  readonly #limiter = new FailureLimiter({ maxFailures: 10, windowMs: 5 * 60_000, maxEntries: 10_000 });
+  readonly #forwardedCount: number;
+  readonly #logger: Logger;
+
+  constructor(passwords: readonly string[], forwardedCount: number, logger: Logger) {
+    this.#auth = new DashboardAuth(passwords);
+    this.#forwardedCount = forwardedCount;
+    this.#logger = logger;
+  }
+
+  /** A request's session cookie, else its HTTP Basic password. */
+  async authenticate(req: IncomingMessage): Promise<AuthResult> {
+    const now = Date.now();
+    if (await this.#auth.checkToken(sessionCookieOf(req), now)) return { ok: true };
+    const password = basicPassword(req);
+    if (password === null) return { ok: false, limitedMs: 0, attempted: false };
+    return this.checkAttempt(req, password, now);
+  }
+
+  checkAttempt(req: IncomingMessage, password: string, now: number): AuthResult {
+    const key = this.client(req);
+    const wait = this.#limiter.blockedFor(key, now);
+    if (wait > 0) return { ok: false, limitedMs: wait, attempted: true };
+    if (this.#auth.checkPassword(password)) {
+      this.#limiter.succeed(key);
+      return { ok: true };
+    }
+    if (this.#limiter.fail(key, now)) {
+      this.#logger.warn('dashboard.login_blocked', { client: key, note: 'too many wrong dashboard passwords; refusing this address for 5 min' });
+    }
+    return { ok: false, limitedMs: 0, attempted: true };
+  }
+
+  issueToken(now: number): Promise<{ token: string; expiresAt: number }> {
+    return this.#auth.issueToken(now);
+  }
+
+  client(req: IncomingMessage): string {
+    return clientKey(req, this.#forwardedCount);
+  }
+}
+
+/**
+ * What the dashboard remembers between requests, sampled every second: the sessions per member
+ * (history) and the cluster's events, with down/up from two sources (heartbeat staleness, active
+ * checks) merged into one 'down' per outage.
+ */
+class ClusterWatch {
+  readonly history = new SessionHistory(HISTORY_SAMPLES);
+  readonly events = new EventLog(MAX_EVENTS);
+  readonly #deps: DashboardDeps;
+  readonly #downBy = new Map<string, Set<'heartbeat' | 'check'>>();
+  readonly #lastSessions = new Map<string, number>();
+  #checks: Record<string, { up: boolean; reason: string }> = {};
+  #closed = false;
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(deps: DashboardDeps) {
+    this.#deps = deps;
+    const { config } = deps;
+    deps.on('join', (m) => this.event('join', m.id, `${m.service} at ${m.endpoint} (${m.state})`));
+    deps.on('leave', (m) => {
+      this.#downBy.delete(m.id);
+      this.event('leave', m.id, 'left the registry');
+    });
+    deps.on('change', (after, before) => {
+      if (before.healthy !== after.healthy) {
+        this.signal(after.id, 'heartbeat', !after.healthy, after.healthy ? 'heartbeat advancing again'
+          : `no heartbeat for ${(config.staleMs / 1000).toFixed(1)} s`);
+      }
+      for (const e of stateEvents(before, after)) this.event(e.kind, after.id, e.detail);
+    });
+    deps.on('outage', (err) => this.event('outage', null, `discovery unreachable: ${err.message.slice(0, 200)}`));
+    deps.on('recovered', () => this.event('recovered', null, 'discovery reachable again'));
+    this.#timer = setInterval(() => {
+      try {
+        this.sample();
+      } catch (err) {
+        deps.logger.once('error', 'dashboard.sample_failed', 'dashboard.sample_failed', { error: err });
+      }
+    }, HISTORY_INTERVAL_MS);
+    this.#timer.unref();
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#timer);
+  }
+
+  private event(kind: EventKind, member: string | null, detail: string): void {
+    if (!this.#closed) this.events.add(Date.now(), kind, member, detail);
+  }
+
+  private signal(id: string, source: 'heartbeat' | 'check', down: boolean, detail: string): void {
+    const set = this.#downBy.get(id) ?? new Set();
+    const was = set.size > 0;
+    if (down) set.add(source);
+    else set.delete(source);
+    if (set.size > 0) this.#downBy.set(id, set);
+    else this.#downBy.delete(id);
+    if (!was && set.size > 0) {
+      this.event('down', id, detail);
+      const n = this.#lastSessions.get(id) ?? 0;
+      if (n > 0) this.event('failover', id, `${n} session${n === 1 ? '' : 's'} of ${id} move to the survivors`);
+    } else if (was && set.size === 0) {
+      this.event('up', id, detail);
+    }
+  }
+
+  private sample(): void {
+    const now = Date.now();
+    const view = this.#deps.view();
+    // Healthy members only: a dead member's last report is stale, its line should end.
+    this.history.record(now, view.members.filter((m) => m.healthy));
+    for (const m of view.members) if (m.healthy) this.#lastSessions.set(m.id, m.load.sessions);
+    for (const id of this.#lastSessions.keys()) if (!view.byId.has(id)) this.#lastSessions.delete(id);
+    const h = healthResults(this.#deps.stats()) ?? {};
+    for (const [id, r] of Object.entries(h)) {
+      const before = this.#checks[id];
+      if (before === undefined ? !r.up : before.up !== r.up) {
+        this.signal(id, 'check', !r.up, r.up ? 'health check passes again' : `health check failed: ${r.reason}`);
+      }
+    }
+    this.#checks = h;
+  }
+}
+
+/** The JSON API's answer: the cluster now, and the history and events after the client's last ones. */
+function snapshot({ deps, watch }: Site, since: number, afterSeq: number): ApiCluster {
+  const view = deps.view();
+  const all = deps.stats();
+  const { health: _health, ...stats } = all;
+  const h = healthResults(all);
+  const now = Date.now();
+  const healthy = view.members.filter((m) => m.healthy);
+  return {
+    now,
+    instanceId: deps.config.instanceId,
+    self: view.self?.id ?? null,
+    discovery: { ok: view.discoveryOk, stale: view.stale, rttMs: stats.discoveryRttMs },
+    totals: {
+      members: view.members.length,
+      healthy: healthy.length,
+      serving: view.members.filter((m) => m.state === 'serving').length,
+      draining: view.members.filter((m) => m.state === 'draining').length,
+      starting: view.members.filter((m) => m.state === 'starting').length,
+      sessions: healthy.reduce((s, m) => s + m.load.sessions, 0),
+      capacity: healthy.reduce((s, m) => s + m.load.capacity, 0),
+    },
+    members: view.members.map((m) => apiMember(m, now, h?.[m.id] ?? null)),
+    duplicates: view.duplicates,
+    stats,
+    historyIntervalMs: HISTORY_INTERVAL_MS,
+    history: watch.history.since(since),
+    events: watch.events.after(afterSeq),
+  };
+}
+
+function html(res: ServerResponse, status: number, render: (nonce: string) => string, extra: Record<string, string | string[]> = {}): void {
+  const nonce = randomBytes(16).toString('base64');
+  const csp = `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; img-src 'self'; `
+    + `form-action 'self'; frame-ancestors 'none'; base-uri 'none'`;
+  send(res, status, 'text/html; charset=utf-8', render(nonce), { 'Content-Security-Policy': csp, ...extra });
+}
+
+function unauthorized(req: IncomingMessage, res: ServerResponse, r: AuthResult): void {
+  if (!r.ok && r.limitedMs > 0) {
+    return send(res, 429, 'application/json', '{"error":"too many failed attempts"}\n', { 'Retry-After': String(Math.ceil(r.limitedMs / 1000)) });
+  }
+  // The page's own requests get no challenge, so the browser shows no Basic-auth prompt.
+  const challenge: Record<string, string> = req.headers['x-ddp-cluster-dashboard'] ? {} : { 'WWW-Authenticate': 'Basic realm="ddp-cluster", charset="UTF-8"' };
+  send(res, 401, 'application/json', '{"error":"authentication required"}\n', challenge);
+}
+
+/** The dashboard's routes. */
+async function serve(site: Site, req: IncomingMessage, res: ServerResponse, sub: string): Promise<void> {
+  const { base, access, deps: { config, logger } } = site;
+  const method = req.method ?? 'GET';
+  const read = method === 'GET' || method === 'HEAD';
+  const url = new URL(req.url ?? '/', 'http://x');
+  switch (sub) {
+    case '/':
+    case '/index.html': {
+      if (!read) return notAllowed(res, 'GET, HEAD');
+      const r = await access.authenticate(req);
+      if (r.ok) return html(res, 200, (nonce) => dashboardPage({ base, nonce, instanceId: config.instanceId }));
+      if (r.limitedMs > 0) return html(res, 429, (nonce) => loginPage({ base, nonce, error: tooMany(r.limitedMs) }), { 'Retry-After': String(Math.ceil(r.limitedMs / 1000)) });
+      return html(res, r.attempted ? 401 : 200, (nonce) => loginPage({ base, nonce, error: r.attempted ? 'Wrong password.' : null }));
+    }
+    case '/login': {
+      if (read) return redirect(res, `${base}/`);
+      if (method !== 'POST') return notAllowed(res, 'POST');
+      if (!sameOrigin(req)) return send(res, 403, 'text/plain; charset=utf-8', 'cross-site login refused\n');
+      const body = await readBody(req);
+      if (body === null) return send(res, 413, 'text/plain; charset=utf-8', 'request body too large\n');
+      const password = new URLSearchParams(body).get('password') ?? '';
+      const r = access.checkAttempt(req, password, Date.now());
+      if (r.ok) {
+        const { token, expiresAt } = await access.issueToken(Date.now());
+        logger.info('dashboard.login', { client: access.client(req) });
+        return redirect(res, `${base}/`, { 'Set-Cookie': setSessionCookie(req, base, token, expiresAt) });
+      }
+      if (r.limitedMs > 0) return html(res, 429, (nonce) => loginPage({ base, nonce, error: tooMany(r.limitedMs) }), { 'Retry-After': String(Math.ceil(r.limitedMs / 1000)) });
+      return html(res, 401, (nonce) => loginPage({ base, nonce, error: 'Wrong password.' }));
+    }
+    case '/logout': {
+      if (method !== 'POST') return notAllowed(res, 'POST');
+      if (!sameOrigin(req)) return send(res, 403, 'text/plain; charset=utf-8', 'cross-site logout refused\n');
+      return redirect(res, `${base}/`, { 'Set-Cookie': clearSessionCookie(req, base) });
+    }
+    case '/api/cluster': {
+      if (!read) return notAllowed(res, 'GET, HEAD');
+      const r = await access.authenticate(req);
+      if (!r.ok) return unauthorized(req, res, r);
+      const since = Number(url.searchParams.get('since') ?? -Infinity);
+      const after = Number(url.searchParams.get('events') ?? 0);
+      return send(res, 200, 'application/json', JSON.stringify(snapshot(site, Number.isFinite(since) ? since : -Infinity, Number.isFinite(after) ? after : 0)));
+    }
+    case '/metrics': {
+      if (!read) return notAllowed(res, 'GET, HEAD');
+      const r = await access.authenticate(req);
+      if (!r.ok) return unauthorized(req, res, r);
+      return send(res, 200, site.metrics.contentType, await site.metrics.metrics());
+    }
+    default:
+      return send(res, 404, 'text/plain; charset=utf-8', 'not found\n');
+  }
 }
 
 export function apiMember(m: Member, now: number, check: ApiMember['check']): ApiMember {

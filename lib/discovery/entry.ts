@@ -1,8 +1,10 @@
 import { endpointHash, sign, verify, type Keys } from '../sign';
 import type { LoadSnapshot } from '../load';
+import { NAME_PATTERN } from '../names';
 
-export const MEMBER_STATES = ['starting', 'serving', 'draining'] as const;
-export type MemberState = (typeof MEMBER_STATES)[number];
+import { MEMBER_STATES, type MemberState } from '../outcomes';
+
+export { MEMBER_STATES, type MemberState };
 
 /** One instance as stored in the discovery collection. */
 export interface EntryDoc {
@@ -40,7 +42,6 @@ export type EntryCheck =
   | { readonly ok: true; readonly entry: EntryDoc }
   | { readonly ok: false; readonly id: string; readonly reason: string };
 
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 /**
  * Turns an untrusted document from the collection into an entry, or says why it is ignored.
@@ -50,8 +51,8 @@ export function checkEntry(raw: unknown, keys: Keys | null): EntryCheck {
   if (typeof raw !== 'object' || raw === null) return bad('?', 'not a document');
   const d = raw as Record<string, unknown>;
   const id = typeof d._id === 'string' ? d._id.slice(0, 64) : safeString(d._id);
-  if (typeof d._id !== 'string' || !ID_RE.test(d._id)) return bad(id, 'bad _id');
-  if (typeof d.service !== 'string' || !ID_RE.test(d.service)) return bad(id, 'bad service');
+  if (typeof d._id !== 'string' || !NAME_PATTERN.test(d._id)) return bad(id, 'bad _id');
+  if (typeof d.service !== 'string' || !NAME_PATTERN.test(d.service)) return bad(id, 'bad service');
   if (typeof d.endpoint !== 'string' || !isHttpUrl(d.endpoint)) return bad(id, 'bad endpoint');
   if (d.balancer !== null && d.balancer !== undefined && (typeof d.balancer !== 'string' || !isHttpUrl(d.balancer))) {
     return bad(id, 'bad balancer');

@@ -5,6 +5,7 @@ import { MongoClient, type Collection, type MongoClientOptions } from 'mongodb';
 import type { ClusterConfig } from '../config';
 import type { LoadSnapshot } from '../load';
 import type { Logger } from '../log';
+import { ClusterError } from '../outcomes';
 import { endpointHash, keysFrom, type Keys } from '../sign';
 import { PACKAGE_VERSION } from '../version';
 import { checkEntry, signEntry, type EntryDoc, type MemberState } from './entry';
@@ -126,6 +127,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** Round-trip time of the last successful heartbeat + poll, ms. */
   get rttMs(): number | null {
     return this.#rttMs;
+  }
+
+  /** The signing keys of this cluster (CLUSTER_SECRET and CLUSTER_PREVIOUS_SECRET), derived once; null without a secret. */
+  get keys(): Keys | null {
+    return this.#keys;
   }
 
   get registered(): boolean {
@@ -462,7 +468,7 @@ function entryOf(m: Member): EntryDoc {
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    const t = setTimeout(() => reject(new ClusterError('DDPC_ERR_DISCOVERY_TIMEOUT', `timed out after ${ms} ms`)), ms);
     p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
   });
 }

@@ -9,10 +9,11 @@ import { createInterface } from 'node:readline';
 import { attach, type AttachOptions, type ClusterHandle } from '../../lib/attach';
 import type { MembershipView } from '../../lib/discovery/view';
 import { createLogger, type LogSink } from '../../lib/log';
-import { createDdpApp, type DdpApp, type DdpAppOptions } from './ddp-app';
+import { createDdpApp, type DdpApp, type DdpAppOptions } from '../../examples/node-ddp-app/app';
+import { EXAMPLE_SECRET } from '../../examples/node-ddp-app/secret';
 import { waitForEvent } from './wait';
 
-export const TEST_SECRET = 'test-cluster-secret-0123456789abcdef';
+export const TEST_SECRET = EXAMPLE_SECRET;
 
 export interface Instance {
   readonly id: string;

@@ -1,17 +1,12 @@
-// One fixture DDP app with the balancer attached, configured by CLUSTER_* env vars, in its own
-// process. Prints "listening <url>" when ready. CLUSTER_ENDPOINT_URL is derived from the port.
-import { attach } from '../../lib/attach';
-import { drainOnSignals } from '../../lib/signals';
+// The reference instance (examples/node-ddp-app/instance.ts) with test-only hooks, in its own
+// process. Prints "listening <url>" when ready.
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { createDdpApp } from './ddp-app';
+import { failed, runInstance, startInstance } from '../../examples/node-ddp-app/instance';
 
 async function main(): Promise<void> {
-  const app = createDdpApp({ instanceId: process.env.CLUSTER_INSTANCE_ID });
-  await app.listen(Number(process.env.PORT ?? 0), '127.0.0.1');
-  const cluster = attach(app.server, {
-    endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(),
-  });
+  const instance = await startInstance();
+  const { cluster } = instance;
   // An app whose cluster event listeners are buggy (tests of issue 12): every listener throws, and
   // an async one rejects.
   if (process.env.TEST_THROWING_LISTENERS === '1') {
@@ -34,16 +29,7 @@ async function main(): Promise<void> {
       process.stdout.write(`memory ${JSON.stringify({ rss: process.memoryUsage.rss(), heap: process.memoryUsage().heapUsed, at: Date.now() })}\n`);
     });
   }
-  process.stdout.write(`listening ${app.url}\n`);
-  // SIGTERM/SIGINT: drain over CLUSTER_DRAIN_WINDOW, deregister, then exit (the app's own
-  // shutdown runs after, as a Meteor app's would).
-  drainOnSignals({
-    drain: () => cluster.drain(),
-    close: () => cluster.close().then(() => app.close()),
-  });
+  runInstance(instance);
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`instance failed: ${String(err)}\n`);
-  process.exit(1);
-});
+main().catch(failed);

@@ -4,7 +4,7 @@
  * The shim puts on the global `Package` the real parts Meteor would give the glue, built only from
  * public facts of meteor/meteor's source:
  *   - WebApp (packages/webapp/webapp_server.js): `httpServer` is a real http.Server with sockjs
- *     0.3.24 installed and overshadowed exactly as ddp-server does (tests/support/ddp-app.ts);
+ *     0.3.24 installed and overshadowed exactly as ddp-server does (examples/node-ddp-app/app.ts);
  *     `addRuntimeConfigHook`, `onListening`, `encodeRuntimeConfig`/`decodeRuntimeConfig` behave like
  *     webapp's, including getBoilerplateAsync keeping a hook's result as the base of later requests.
  *     Pages carry the config the way boilerplate-generator/template-web.browser.js writes it.
@@ -28,8 +28,8 @@ import type { ClusterApi, ConnectOptions, RegisterOptions } from '../../server/c
 import type {
   DdpConnection, DdpStatus, RuntimeConfig, RuntimeConfigHook, RuntimeConfigHookArgs, ServerPackages,
 } from '../../server/meteor-env';
-import { createDdpApp, type DdpApp } from './ddp-app';
-import { DdpError, wsDdp, type WsDdpClient } from './ddp-clients';
+import { createDdpApp, type DdpApp } from '../../examples/node-ddp-app/app';
+import { DdpError, wsDdp, type WsDdpClient } from '../../examples/node-ddp-app/clients';
 import { waitForEvent } from './wait';
 
 /* ------------------------------------------------------------------------------------------ */

@@ -4,8 +4,8 @@
  * backoff) and a method call that couldn't complete is sent again once reconnected.
  * It records every reconnect, so chaos tests can measure reconnect storms.
  */
-import { sockjsDdp, wsDdp, type DdpClient } from './ddp-clients';
-import type { WhoamiResult } from './ddp-app';
+import { sockjsDdp, wsDdp, type DdpClient } from '../../examples/node-ddp-app/clients';
+import type { WhoamiResult } from '../../examples/node-ddp-app/app';
 
 export type Transport = 'ws' | 'sockjs-websocket' | 'sockjs-xhr';
 

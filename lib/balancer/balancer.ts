@@ -16,6 +16,7 @@ import { PendingLoad, type LoadReport } from './pending';
 import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
+import { RecentIntake } from './intake';
 import { errorKind, type ErrorKind, type RouteReason } from '../reasons';
 
 /** What routing reads of a request: its headers (webapp's categorized requests have them too). */
@@ -92,6 +93,8 @@ export class Balancer {
   readonly #pending: PendingLoad;
   readonly #sessions: SessionTable;
   readonly #replay = new ReplayGuard();
+  /** New sessions routed recently per member, for slow start's share cap (issue 15). */
+  readonly #intake = new RecentIntake();
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
     retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
@@ -288,6 +291,7 @@ export class Balancer {
     const now = Date.now();
     if (member.self) this.#pending.landed(now);
     this.#pending.add(member.id, this.report(member), now);
+    this.#intake.add(member.id, now);
     this.#d.routedNew?.();
   }
 
@@ -311,6 +315,7 @@ export class Balancer {
         excluded,
         cookieHash: facts.kind === 'page' ? uiCookie(req) : null,
         random: this.#d.random,
+        intake: (id) => this.#intake.share(id, now),
       },
     });
   }

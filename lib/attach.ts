@@ -18,6 +18,9 @@ import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/heal
 import { viewFromMembers } from './discovery/view';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
+import { SessionCloser } from './closer';
+import { Rebalancer, type RebalanceStats } from './rebalancer';
+import type { SessionTraits } from './balancer/rebalance';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -27,6 +30,11 @@ export interface AttachOptions extends ClusterOptions {
    * Without it a drain closes the websockets it served and lets polling sessions end with the process.
    */
   readonly sessions?: () => Iterable<Closable>;
+  /**
+   * What makes one of `sessions()` cheap to move, for rebalancing (Meteor: subscriptions, busy).
+   * Without it sessions are moved oldest first.
+   */
+  readonly sessionTraits?: (session: Closable) => SessionTraits;
   readonly logger?: Logger;
   /** Environment to read CLUSTER_* from; defaults to process.env. */
   readonly env?: Readonly<Record<string, string | undefined>>;
@@ -44,6 +52,8 @@ export interface ClusterStats extends BalancerStats {
   readonly members: number;
   readonly healthyMembers: number;
   readonly discoveryOk: boolean;
+  /** Active rebalancing (lib/rebalancer.ts): state, sessions moved and drained, recent events. */
+  readonly rebalance: RebalanceStats;
 }
 
 export interface ClusterHandle {
@@ -110,7 +120,9 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   };
   // Sessions opened here and kept for here, counted by the balancer (created below).
   let opened = (): { opened: number; pending: number } => ({ opened: 0, pending: 0 });
-  const sampler = new LoadSampler(sessionCount, config.capacity, () => opened());
+  // Sessions rebalancing moved away from here, for heartbeats (set once the closer exists below).
+  let moved = (): number => 0;
+  const sampler = new LoadSampler(sessionCount, config.capacity, () => ({ ...opened(), moved: moved() }));
   const registry = new Registry({ config, logger, load: () => sampler.sample() });
 
   const requestListeners = server.listeners('request') as RequestListener[];
@@ -178,6 +190,17 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     routedNew: () => checker.refresh(),
   });
   opened = () => ({ opened: balancer.opened(), pending: balancer.pendingHere() });
+
+  // --- rebalancing (issue 15): one paced closer shared with the drain, and the driver. ---
+  const closer = new SessionCloser(options.random ?? Math.random);
+  const liveSessions = (): Iterable<Closable> => (options.sessions ? options.sessions() : local.sockets());
+  const rebalancer = new Rebalancer({
+    config, logger, view: () => effective, liveSessions: sessionCount, sessions: liveSessions, closer,
+    ...(options.sessionTraits ? { traits: options.sessionTraits } : {}),
+  });
+  rebalancer.start();
+  moved = () => closer.counts().rebalance;
+  // --- end rebalancing ---
 
   let handle: ClusterHandle | null = null;
   const dashboard = createDashboard({
@@ -277,6 +300,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         discoveryOk: view.discoveryOk,
         health: checker.all(),
         discoveryRttMs: registry.rttMs,
+        rebalance: rebalancer.stats(),
       };
     },
     ready: () => registry.ready(),
@@ -285,6 +309,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
       if (draining) return draining;
       registry.setState('draining');
+      closer.beginDrain();
       const windowMs = o.windowMs ?? config.drainWindowMs;
       logger.info('drain.start', { windowMs, sessions: sessionCount() });
       // The websockets proxied through here when the drain began: their clients use this instance
@@ -295,7 +320,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       draining = drainSessions({
         windowMs,
         noticeMs: config.heartbeatMs + config.healthIntervalMs,
-        sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...[...tunnels].filter((t) => t.open)],
+        sessions: () => [...liveSessions(), ...[...tunnels].filter((t) => t.open)],
+        close: (batch) => void closer.close(batch, 'drain'),
         onBatch: (b) => logger.debug('drain.batch', { ...b }),
       }).then((report) => {
         logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
@@ -309,6 +335,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     close(): Promise<void> {
       closed ??= (async () => {
         clearInterval(timer);
+        rebalancer.stop();
+        closer.stop();
         server.off('listening', serving);
         server.off('request', onRequest);
         server.off('upgrade', onUpgrade);

@@ -70,6 +70,8 @@ export interface ApiMember {
   readonly pkgVersion: string;
   readonly heartbeatAgeMs: number;
   readonly heartbeatMs: number;
+  /** Sessions rebalancing moved away from the member so far (its heartbeat; null from older versions). */
+  readonly moved: number | null;
   /** This instance's active health check of the member, when the core reports one. */
   readonly check: { readonly up: boolean; readonly checkedAt: number; readonly rttMs: number | null; readonly reason: string } | null;
 }
@@ -83,6 +85,8 @@ export interface ApiCluster {
   readonly totals: {
     readonly members: number; readonly healthy: number; readonly serving: number; readonly draining: number;
     readonly starting: number; readonly sessions: number; readonly capacity: number;
+    /** Sessions rebalancing moved, summed over the members that report it. */
+    readonly moved: number;
   };
   readonly members: readonly ApiMember[];
   readonly duplicates: MembershipView['duplicates'];
@@ -188,6 +192,19 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
       }
     }
     checks = h;
+    rebalanceEvents(now);
+  };
+  // This instance's rebalancing episodes (its stats), as events: start and stop with what moved.
+  let rebalancedUpTo = Date.now();
+  const rebalanceEvents = (now: number): void => {
+    const r = deps.stats().rebalance as { events?: readonly { at: number; kind: string; sessions: number; share: number; moved?: number }[] } | undefined;
+    for (const e of r?.events ?? []) {
+      if (e.at <= rebalancedUpTo) continue;
+      event('rebalance', config.instanceId, e.kind === 'start'
+        ? `above its fair share (${e.sessions} sessions, share ${Math.round(e.share)}): moving sessions`
+        : `within its fair share (${e.sessions} sessions, share ${Math.round(e.share)}): stopped after moving ${e.moved ?? 0}`);
+    }
+    rebalancedUpTo = Math.max(rebalancedUpTo, now);
   };
   const timer = setInterval(() => {
     try {
@@ -218,6 +235,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
         starting: view.members.filter((m) => m.state === 'starting').length,
         sessions: healthy.reduce((s, m) => s + m.load.sessions, 0),
         capacity: healthy.reduce((s, m) => s + m.load.capacity, 0),
+        moved: view.members.reduce((s, m) => s + (m.load.moved ?? 0), 0),
       },
       members: view.members.map((m) => apiMember(m, now, h?.[m.id] ?? null)),
       duplicates: view.duplicates,
@@ -342,6 +360,7 @@ export function apiMember(m: Member, now: number, check: ApiMember['check']): Ap
     host: m.host, pid: m.pid, sessions: m.load.sessions, capacity: m.load.capacity, elu: m.load.elu, delayMs: m.load.delayMs,
     cpu: m.load.cpu, rss: m.load.rss, startedAt: m.startedAt, uptimeMs: Math.max(0, now - m.startedAt),
     appVersion: m.appVersion, pkgVersion: m.pkgVersion, heartbeatAgeMs: m.heartbeatAgeMs, heartbeatMs: m.heartbeatMs,
+    moved: m.load.moved ?? null,
     check: check === null ? null : { up: check.up, checkedAt: check.checkedAt, rttMs: check.rttMs, reason: check.reason },
   };
 }

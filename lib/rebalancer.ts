@@ -1,0 +1,174 @@
+/**
+ * Active rebalancing, the driver: every tick it asks the pure decision (lib/balancer/rebalance.ts)
+ * how many sessions to shed now, chooses them (cheapest to move, never younger than the minimum
+ * age) and hands them to the shared paced closer, spread over the tick. Their clients reconnect
+ * and routing sends them to less-loaded members. Off while draining or not serving.
+ */
+import type { ClusterConfig } from './config';
+import type { Closable } from './drain';
+import type { MembershipView } from './discovery/view';
+import type { Logger } from './log';
+import type { SessionCloser } from './closer';
+import { chooseVictims, rebalance, type Candidate, type RebalancePolicy, type SessionTraits } from './balancer/rebalance';
+
+export interface RebalancerDeps {
+  readonly config: ClusterConfig;
+  readonly logger: Logger;
+  readonly view: () => MembershipView;
+  readonly liveSessions: () => number;
+  /** The live sessions (closable); null: nothing this instance can close. */
+  readonly sessions: () => Iterable<Closable>;
+  /** What makes a session cheap to move (host-specific; optional). */
+  readonly traits?: (session: Closable) => SessionTraits;
+  readonly closer: SessionCloser;
+  readonly now?: () => number;
+}
+
+export interface RebalanceEvent {
+  readonly at: number;
+  readonly kind: 'start' | 'stop';
+  readonly sessions: number;
+  /** Fair share at the time (ramp-weighted). */
+  readonly share: number;
+  /** Sessions moved during the episode that stopped (stop events). */
+  readonly moved?: number;
+}
+
+export interface RebalanceStats {
+  readonly enabled: boolean;
+  readonly shedding: boolean;
+  /** Sessions closed by rebalancing so far. */
+  readonly moved: number;
+  /** Sessions closed by drains so far (same closer). */
+  readonly drained: number;
+  /** Fair share at the last decision (sessions), null before one. */
+  readonly share: number | null;
+  /** Times this instance started shedding. */
+  readonly episodes: number;
+  readonly events: readonly RebalanceEvent[];
+}
+
+const EVENTS_MAX = 50;
+
+export class Rebalancer {
+  readonly #d: RebalancerDeps;
+  readonly #policy: RebalancePolicy;
+  readonly #since = new WeakMap<object, number>();
+  readonly #events: RebalanceEvent[] = [];
+  /** Closes of the last IN_FLIGHT window: [when, count]. */
+  readonly #recent: [number, number][] = [];
+  readonly #inFlightMs: number;
+  readonly #tickMs: number;
+  #timer: NodeJS.Timeout | null = null;
+  #shedding = false;
+  #budget = 0;
+  #lastTick: number | null = null;
+  #episode = 0;
+  #share: number | null = null;
+  #episodes = 0;
+
+  constructor(deps: RebalancerDeps) {
+    this.#d = deps;
+    const c = deps.config;
+    this.#policy = {
+      tolerance: c.rebalanceTolerance, toleranceSessions: c.rebalanceToleranceSessions,
+      ratePerSec: c.rebalanceRate, slowStartMs: c.slowStartMs,
+    };
+    this.#tickMs = Math.min(1000, c.heartbeatMs);
+    // A closed session shows up again at its new member within a reconnect and a report or two.
+    this.#inFlightMs = 2 * c.heartbeatMs + c.healthIntervalMs;
+  }
+
+  start(): void {
+    if (!this.#d.config.rebalance || this.#timer !== null) return;
+    this.#timer = setInterval(() => {
+      try {
+        this.tick();
+      } catch (err) {
+        this.#d.logger.once('error', 'rebalance.tick_failed', 'rebalance.tick_failed', { error: err });
+      }
+    }, this.#tickMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  stats(): RebalanceStats {
+    const counts = this.#d.closer.counts();
+    return {
+      enabled: this.#d.config.rebalance, shedding: this.#shedding, moved: counts.rebalance, drained: counts.drain,
+      share: this.#share, episodes: this.#episodes, events: [...this.#events],
+    };
+  }
+
+  /** One decision (public for tests; the timer calls it every tick). */
+  tick(): number {
+    const now = (this.#d.now ?? Date.now)();
+    const elapsed = this.#lastTick === null ? this.#tickMs : Math.max(0, now - this.#lastTick);
+    this.#lastTick = now;
+    const sessions = [...this.#d.sessions()];
+    // Ages: from when this driver first saw each session (the host's sessions carry no start time).
+    for (const s of sessions) if (!this.#since.has(s)) this.#since.set(s, now);
+    if (this.#d.closer.draining) return this.settle(now, 0, 'drain');
+    const view = this.#d.view();
+    const self = view.self;
+    if (self === null) return 0;
+    while (this.#recent.length > 0 && (this.#recent[0] as [number, number])[0] < now - this.#inFlightMs) this.#recent.shift();
+    const inFlight = this.#recent.reduce((n, [, k]) => n + k, 0);
+    // The budget refills at the rate, up to one second's worth (no burst after a quiet hour).
+    const cap = Math.max(1, this.#policy.ratePerSec);
+    this.#budget = Math.min(cap, this.#budget + (this.#policy.ratePerSec * elapsed) / 1000);
+    const live = this.#d.liveSessions();
+    const d = rebalance({
+      members: view.byService.get(self.service) ?? [], selfSessions: live, inFlight,
+      shedding: this.#shedding, budget: this.#budget, policy: this.#policy,
+    });
+    this.#share = Number.isNaN(d.share) ? null : Math.round(d.share * 10) / 10;
+    if (d.shedding && !this.#shedding) {
+      this.#episode = 0;
+      this.#episodes++;
+      this.event({ at: now, kind: 'start', sessions: live, share: this.#share ?? 0 });
+      this.#d.logger.info('rebalance.start', { sessions: live, share: this.#share, reason: d.reason });
+    }
+    if (!d.shedding) return this.settle(now, live, d.reason);
+    this.#shedding = true;
+    if (d.close <= 0) return 0;
+    const traits = this.#d.traits;
+    const candidates: Candidate<Closable>[] = sessions
+      .filter((s) => !this.#d.closer.closing(s))
+      .map((s) => ({ session: s, since: this.#since.get(s) ?? now, traits: traits ? safeTraits(traits, s) : {} }));
+    const victims = chooseVictims(candidates, d.close, now, this.#d.config.rebalanceMinAgeMs);
+    if (victims.length === 0) return 0;
+    const closed = this.#d.closer.close(victims, 'rebalance', this.#tickMs);
+    this.#budget -= closed;
+    this.#episode += closed;
+    this.#recent.push([now, closed]);
+    this.#d.logger.debug('rebalance.batch', { closed, sessions: live, share: this.#share });
+    return closed;
+  }
+
+  private settle(now: number, live: number, reason: string): number {
+    if (this.#shedding) {
+      this.event({ at: now, kind: 'stop', sessions: live, share: this.#share ?? 0, moved: this.#episode });
+      this.#d.logger.info('rebalance.stop', { sessions: live, share: this.#share, moved: this.#episode, reason });
+    }
+    this.#shedding = false;
+    return 0;
+  }
+
+  private event(e: RebalanceEvent): void {
+    this.#events.push(e);
+    if (this.#events.length > EVENTS_MAX) this.#events.shift();
+  }
+}
+
+function safeTraits(traits: (s: Closable) => SessionTraits, s: Closable): SessionTraits {
+  try {
+    return traits(s);
+  } catch {
+    return {};
+  }
+}

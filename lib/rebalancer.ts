@@ -45,6 +45,8 @@ export interface RebalanceStats {
   readonly share: number | null;
   /** Times this instance started shedding. */
   readonly episodes: number;
+  /** Decisions taken so far (ticks while enabled and not draining). */
+  readonly decisions: number;
   readonly events: readonly RebalanceEvent[];
 }
 
@@ -66,6 +68,7 @@ export class Rebalancer {
   #episode = 0;
   #share: number | null = null;
   #episodes = 0;
+  #decisions = 0;
 
   constructor(deps: RebalancerDeps) {
     this.#d = deps;
@@ -100,7 +103,7 @@ export class Rebalancer {
     const counts = this.#d.closer.counts();
     return {
       enabled: this.#d.config.rebalance, shedding: this.#shedding, moved: counts.rebalance, drained: counts.drain,
-      share: this.#share, episodes: this.#episodes, events: [...this.#events],
+      share: this.#share, episodes: this.#episodes, decisions: this.#decisions, events: [...this.#events],
     };
   }
 
@@ -122,6 +125,7 @@ export class Rebalancer {
     const cap = Math.max(1, this.#policy.ratePerSec);
     this.#budget = Math.min(cap, this.#budget + (this.#policy.ratePerSec * elapsed) / 1000);
     const live = this.#d.liveSessions();
+    this.#decisions++;
     const d = rebalance({
       members: view.byService.get(self.service) ?? [], selfSessions: live, inFlight,
       shedding: this.#shedding, budget: this.#budget, policy: this.#policy,

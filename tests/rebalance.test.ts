@@ -104,6 +104,11 @@ describe('rebalance decision', () => {
     assert.equal(done.shedding, true);
   });
 
+  it('never sheds while in slow start itself (a member that came back keeps its sessions)', () => {
+    const v = view(me('a', { sessions: 500, servingMs: 2000 }), peer('b', { sessions: 100 }), peer('c', { sessions: 100 }));
+    assert.equal(decide(v, 500).reason, 'ramping');
+  });
+
   it('weighs members by capacity', () => {
     // a has twice the capacity: its share of 900 is 450.
     const v = view(me('a', { sessions: 450, capacity: 2000 }), peer('b', { sessions: 225 }), peer('c', { sessions: 225 }));

@@ -8,7 +8,7 @@
  * capacity. It starts shedding when it is above that share by more than BOTH the relative
  * tolerance and the absolute one, and keeps shedding until it is within half of them
  * (hysteresis), so one session more or less never toggles it. A member at or under its share
- * never sheds. The pace is a budget of closes per second; the closes themselves are paced by
+ * never sheds, nor does one in slow start. The pace is a budget of closes per second; the closes themselves are paced by
  * lib/closer.ts.
  */
 import type { Member } from '../discovery/view';
@@ -46,7 +46,7 @@ export interface RebalanceDecision {
   /** This instance's fair share, sessions (ramp-weighted); NaN when not computed. */
   readonly share: number;
   /** Why, for logs and the dashboard. */
-  readonly reason: 'not serving' | 'alone' | 'within tolerance' | 'above tolerance' | 'settling' | 'no budget';
+  readonly reason: 'not serving' | 'alone' | 'ramping' | 'within tolerance' | 'above tolerance' | 'settling' | 'no budget';
 }
 
 const idle = (reason: RebalanceDecision['reason'], share = NaN): RebalanceDecision => ({ shedding: false, close: 0, share, reason });
@@ -59,6 +59,9 @@ export function rebalance(input: RebalanceInput): RebalanceDecision {
   if (peers.length === 0) return idle('alone');
   const all = [self, ...peers];
   const oldest = Math.max(...all.map((m) => m.servingMs));
+  // A member in slow start is a receiver: its low ramp limits what it takes, never makes it shed
+  // the sessions it has (a member that just came back, or just received sessions, keeps them).
+  if (ramp(self, oldest, policy.slowStartMs) < 1) return idle('ramping');
   const effective = (m: Member): number => Math.max(1, m.load.capacity) * ramp(m, oldest, policy.slowStartMs);
   // Peers' figures as routing sees them: the report plus the new sessions they kept for themselves.
   const sessionsOf = (m: Member): number => (m.self ? input.selfSessions : m.load.sessions + (m.load.pending ?? 0));

@@ -317,10 +317,12 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       // later belong to clients already moved once (this instance proxies every new session away
       // now); they are left to the exit, so no client is disconnected twice by the drain.
       const tunnels = new Set(balancer.tunnels());
+      // Likewise the polling sessions it forwards (issue 15): moved before it exits, not at the exit.
+      const polls = balancer.proxiedPolls();
       draining = drainSessions({
         windowMs,
         noticeMs: config.heartbeatMs + config.healthIntervalMs,
-        sessions: () => [...liveSessions(), ...[...tunnels].filter((t) => t.open)],
+        sessions: () => [...liveSessions(), ...[...tunnels].filter((t) => t.open), ...polls.filter((p) => p.open)],
         close: (batch) => void closer.close(batch, 'drain'),
         onBatch: (b) => logger.debug('drain.batch', { ...b }),
       }).then((report) => {

@@ -17,6 +17,7 @@ import { Forwarder, isRefusal, type ProxyAttempt, type Tunnel } from './proxy';
 import { route, type Decision, type RoutePolicy } from './route';
 import { SessionTable } from './sessions';
 import { RecentIntake } from './intake';
+import { ProxiedPolls, type ProxiedPoll } from './polls';
 import { errorKind, type ErrorKind, type RouteReason } from '../reasons';
 
 /** What routing reads of a request: its headers (webapp's categorized requests have them too). */
@@ -95,6 +96,8 @@ export class Balancer {
   readonly #replay = new ReplayGuard();
   /** New sessions routed recently per member, for slow start's share cap (issue 15). */
   readonly #intake = new RecentIntake();
+  /** Polling sessions forwarded to peers, for a drain to move (issue 15). */
+  readonly #polls = new ProxiedPolls();
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
     retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
@@ -137,6 +140,8 @@ export class Balancer {
     this.#stats.requests++;
     const hop = this.admitted(req, facts);
     if (hop === null) return reply(res, 403, 'origin not allowed');
+    // A polling session a drain moved away from here: refused, so its client reconnects elsewhere.
+    if (facts.kind === 'transport' && this.#polls.moved(facts.sessionId)) return reply(res, 404, 'session moved');
     const excluded = new Set<string>();
     const decision = this.route(req, facts, hop, excluded);
     this.count(facts, decision);
@@ -219,6 +224,11 @@ export class Balancer {
     this.#replay.prune(Date.now());
     const view = this.#d.view();
     this.#pending.prune(new Set(view.byId.keys()));
+  }
+
+  /** Polling sessions this balancer forwards to peers: clients that depend on it as their entry. */
+  proxiedPolls(): ProxiedPoll[] {
+    return this.#polls.sessions(Date.now());
   }
 
   /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */
@@ -376,6 +386,7 @@ export class Balancer {
         if (!again) {
           this.countProxied(facts);
           this.remember(facts, d, d.member);
+          if (facts.kind === 'transport' && !SENDS.has(facts.transport)) this.#polls.track(facts.sessionId, res, Date.now());
         }
         const url = 'localUrl' in facts ? facts.localUrl : (req.url ?? '/');
         req.url = url;

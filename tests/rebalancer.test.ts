@@ -130,6 +130,27 @@ describe('rebalancing (real instances, real retrying clients)', function () {
     assert.ok(cs.every((x) => x.reconnects.length === 0));
   });
 
+  it('drain moves the polling clients proxied through the draining instance before it exits', async () => {
+    cluster = await startCluster(['a', 'b'], url, () => ({ attach: FAST }));
+    const [a] = cluster as [Instance, Instance];
+    // xhr-polling clients that can only enter through a; some are served by b (proxied through a).
+    const viaA: RetryingDdpClient[] = [];
+    for (let i = 0; i < 16; i++) {
+      const c = new RetryingDdpClient({ entries: [a.url], transport: 'sockjs-xhr' });
+      clients.push(c);
+      viaA.push(await c.start());
+      await c.whoami();
+    }
+    const proxied = viaA.filter((c) => c.instanceId === 'b');
+    assert.ok(proxied.length > 0, 'some of a\'s polling clients are served by b');
+    const report = await a.cluster.drain({ windowMs: 1000 });
+    // Before a exits: each of them was disconnected once (and is back, proxied through a to b).
+    await eventually(() => proxied.every((c) => c.reconnects.length >= 1), 'proxied polling clients moved by the drain', 20_000);
+    figures.drainPolls = { proxied: proxied.length, closed: report.closed, reconnects: proxied.map((c) => c.reconnects.length) };
+    assert.ok(proxied.every((c) => c.reconnects.length === 1), proxied.map((c) => c.reconnects.length).join(','));
+    assert.equal(a.cluster.stats().rebalance.drained >= proxied.length, true);
+  });
+
   it('a flapping member causes no ping-pong', async () => {
     // Default slow start: each time c is serving again it ramps (and must not shed what it has).
     const opts: AttachOptions = { ...FAST, slowStartMs: 30_000, rebalanceToleranceSessions: 6 };

@@ -117,6 +117,7 @@ function rows(run: RunRecord): Row[] {
     { metric: 'rb_balanced_ms', label: `Rebalance: max/mean sessions ≤ ${p.rebalance?.target ?? 1.15} after, ms`, digits: 0 },
     { metric: 'rb_ratio_at_window', label: `Rebalance: max/mean sessions ${(p.rebalance?.windowMs ?? 60_000) / 1000} s after the join`, digits: 2 },
     { metric: 'rb_max_close_rate', label: `Rebalance: highest close rate of a member, per s (limit ${p.rebalance?.rate ?? '?'})`, digits: 1 },
+    { metric: 'rb_max_close_rate_5s', label: 'Rebalance: highest close rate of a member over 5 s, per s', digits: 1 },
     { metric: 'rb_moved', label: 'Rebalance: clients moved', digits: 0 },
     { metric: 'rb_max_disconnects_per_moved', label: 'Rebalance: most disconnects of a moved client', digits: 0 },
     { metric: 'rb_failed_calls', label: 'Rebalance: failed method calls (retrying clients)', digits: 0 },

@@ -21,7 +21,8 @@ export class SessionCloser {
   readonly #closing = new WeakSet<object>();
   readonly #counts: Record<CloseReason, number> = { drain: 0, rebalance: 0 };
   readonly #events: CloserEvent[] = [];
-  readonly #timers = new Set<NodeJS.Timeout>();
+  /** Closes scheduled and not done yet, with their reason. */
+  readonly #scheduled = new Map<Closable, { timer: NodeJS.Timeout; reason: CloseReason }>();
   readonly #random: () => number;
   #draining = false;
 
@@ -29,9 +30,15 @@ export class SessionCloser {
     this.#random = random;
   }
 
-  /** A drain has begun: rebalancing closes stop (queued ones are dropped). */
+  /** A drain has begun: rebalancing closes stop; the sessions they had queued are the drain's to close. */
   beginDrain(): void {
     this.#draining = true;
+    for (const [s, { timer, reason }] of this.#scheduled) {
+      if (reason !== 'rebalance') continue;
+      clearTimeout(timer);
+      this.#scheduled.delete(s);
+      this.#closing.delete(s);
+    }
   }
 
   get draining(): boolean {
@@ -67,20 +74,46 @@ export class SessionCloser {
     fresh.forEach((s, i) => {
       const at = i === 0 || step <= 0 ? 0 : step * (i + (this.#random() - 0.5) * 0.6);
       if (at <= 0) return this.closeNow(s, reason);
-      const t = setTimeout(() => {
-        this.#timers.delete(t);
-        this.closeNow(s, reason);
-      }, at);
-      t.unref();
-      this.#timers.add(t);
+      this.schedule(s, reason, at);
+    });
+    return fresh.length;
+  }
+
+  /**
+   * Closes `sessions` one every `intervalMs`, the first at `startAt` (ms, Date.now() clock): an
+   * exact pace, so no window of `intervalMs` × n holds more than n closes (rebalancing's limit).
+   * Returns how many were taken.
+   */
+  pace(sessions: readonly Closable[], reason: CloseReason, intervalMs: number, startAt: number): number {
+    if (reason === 'rebalance' && this.#draining) return 0;
+    const fresh = sessions.filter((s) => !this.#closing.has(s));
+    if (fresh.length === 0) return 0;
+    for (const s of fresh) this.#closing.add(s);
+    this.#events.push({ at: Date.now(), reason, closed: fresh.length });
+    if (this.#events.length > EVENTS_MAX) this.#events.shift();
+    const now = Date.now();
+    fresh.forEach((s, i) => {
+      // +1 ms: Node may fire a timer up to a millisecond early, which must not shorten a gap.
+      const at = startAt + i * intervalMs - now;
+      if (at <= 0) return this.closeNow(s, reason);
+      this.schedule(s, reason, at + 1);
     });
     return fresh.length;
   }
 
   /** Cancels spread closes not done yet (the instance is closing anyway). */
   stop(): void {
-    for (const t of this.#timers) clearTimeout(t);
-    this.#timers.clear();
+    for (const { timer } of this.#scheduled.values()) clearTimeout(timer);
+    this.#scheduled.clear();
+  }
+
+  private schedule(s: Closable, reason: CloseReason, inMs: number): void {
+    const timer = setTimeout(() => {
+      this.#scheduled.delete(s);
+      this.closeNow(s, reason);
+    }, inMs);
+    timer.unref();
+    this.#scheduled.set(s, { timer, reason });
   }
 
   private closeNow(s: Closable, reason: CloseReason): void {

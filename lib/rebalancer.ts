@@ -63,8 +63,8 @@ export class Rebalancer {
   readonly #tickMs: number;
   #timer: NodeJS.Timeout | null = null;
   #shedding = false;
-  #budget = 0;
-  #lastTick: number | null = null;
+  /** When the next rebalancing close may happen at the earliest (closes are one per 1/rate s). */
+  #nextCloseAt = 0;
   #episode = 0;
   #share: number | null = null;
   #episodes = 0;
@@ -110,8 +110,6 @@ export class Rebalancer {
   /** One decision (public for tests; the timer calls it every tick). */
   tick(): number {
     const now = (this.#d.now ?? Date.now)();
-    const elapsed = this.#lastTick === null ? this.#tickMs : Math.max(0, now - this.#lastTick);
-    this.#lastTick = now;
     const sessions = [...this.#d.sessions()];
     // Ages: from when this driver first saw each session (the host's sessions carry no start time).
     for (const s of sessions) if (!this.#since.has(s)) this.#since.set(s, now);
@@ -121,14 +119,16 @@ export class Rebalancer {
     if (self === null) return 0;
     while (this.#recent.length > 0 && (this.#recent[0] as [number, number])[0] < now - this.#inFlightMs) this.#recent.shift();
     const inFlight = this.#recent.reduce((n, [, k]) => n + k, 0);
-    // The budget refills at the rate, up to one second's worth (no burst after a quiet hour).
-    const cap = Math.max(1, this.#policy.ratePerSec);
-    this.#budget = Math.min(cap, this.#budget + (this.#policy.ratePerSec * elapsed) / 1000);
+    // The budget: the closes that fit, one per 1/rate s, before the next tick (never a burst:
+    // after a quiet hour the pace is the same as in the middle of an episode).
+    const interval = 1000 / this.#policy.ratePerSec;
+    const from = Math.max(now, this.#nextCloseAt);
+    const budget = Math.max(0, Math.ceil((now + this.#tickMs - from) / interval));
     const live = this.#d.liveSessions();
     this.#decisions++;
     const d = rebalance({
       members: view.byService.get(self.service) ?? [], selfSessions: live, inFlight,
-      shedding: this.#shedding, budget: this.#budget, policy: this.#policy,
+      shedding: this.#shedding, budget, policy: this.#policy,
     });
     this.#share = Number.isNaN(d.share) ? null : Math.round(d.share * 10) / 10;
     if (d.shedding && !this.#shedding) {
@@ -146,8 +146,8 @@ export class Rebalancer {
       .map((s) => ({ session: s, since: this.#since.get(s) ?? now, traits: traits ? safeTraits(traits, s) : {} }));
     const victims = chooseVictims(candidates, d.close, now, this.#d.config.rebalanceMinAgeMs);
     if (victims.length === 0) return 0;
-    const closed = this.#d.closer.close(victims, 'rebalance', this.#tickMs);
-    this.#budget -= closed;
+    const closed = this.#d.closer.pace(victims, 'rebalance', interval, from);
+    this.#nextCloseAt = from + closed * interval;
     this.#episode += closed;
     this.#recent.push([now, closed]);
     this.#d.logger.debug('rebalance.batch', { closed, sessions: live, share: this.#share });

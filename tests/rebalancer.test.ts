@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import type { AttachOptions } from '../lib/attach';
+import { dashboardPasswordFrom } from '../lib/dashboard/auth';
 import { mongo, uniqueDbUrl } from './support/mongo';
-import { servingIds, startCluster, startInstance, waitView, type Instance } from './support/cluster';
+import { TEST_SECRET, servingIds, startCluster, startInstance, waitView, type Instance } from './support/cluster';
 import { RetryingDdpClient, type Transport } from './support/retrying-client';
 import { eventually } from './support/wait';
 
@@ -89,6 +90,17 @@ describe('rebalancing (real instances, real retrying clients)', function () {
     assert.equal(cs.reduce((n, x) => n + x.failedCalls, 0), 0, 'no failed method calls');
     // Settled: nobody sheds any more.
     await eventually(() => cluster.every((i) => !i.cluster.stats().rebalance.shedding), 'shedding stops', 10_000);
+    // The dashboard (any instance) shows each member's moved count; a shedding member's own shows its episodes.
+    const auth = { authorization: `Basic ${Buffer.from(`x:${dashboardPasswordFrom(TEST_SECRET)}`).toString('base64')}` };
+    const shedder = cluster.find((i) => moved(i) > 0) as Instance;
+    const api = await eventually(async () => {
+      const r = await fetch(`${shedder.url}/cluster/api/cluster`, { headers: auth });
+      const body = (await r.json()) as { totals: { moved: number }; members: { id: string; moved: number | null }[]; events: { kind: string; detail: string }[] };
+      return body.events.some((e) => e.kind === 'rebalance') && body.totals.moved === moved(cluster[0] as Instance) + moved(cluster[1] as Instance) && body;
+    }, 'rebalance events and moved counts on the dashboard', 10_000, 200);
+    assert.equal(api.members.find((m) => m.id === 'c')?.moved, 0);
+    const metrics = await (await fetch(`${shedder.url}/cluster/metrics`, { headers: auth })).text();
+    assert.match(metrics, new RegExp(`ddp_cluster_sessions_closed_total\\{reason="rebalance"\\} ${moved(shedder)}\\b`));
   });
 
   it('a restarted member gets its share back, ramping with slow start', async () => {

@@ -20,7 +20,8 @@ async function main(): Promise<void> {
   await app.listen(Number(process.env.PORT ?? 0), '127.0.0.1');
   let cluster: ClusterHandle | null = null;
   if (process.env.BENCH_ATTACH === '1') {
-    cluster = attach(app.server, { endpointUrl: app.origin, sessionCount: () => app.sessionCount() });
+    // The sessions too: rebalancing (and a drain) close them so their clients reconnect elsewhere.
+    cluster = attach(app.server, { endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values() });
     await cluster.ready();
   }
   process.on('message', (m: { type?: string }) => {

@@ -24,7 +24,8 @@ export type Job =
   | (Common & { kind: 'throughput'; sessions: number; depth: number; warmupMs: number; durationMs: number; payloadBytes: number })
   | (Common & { kind: 'setup'; concurrency: number; durationMs: number })
   | (Common & { kind: 'hold'; sessions: number; concurrency: number; maxMs: number })
-  | (Common & { kind: 'failover'; sessions: number; callEveryMs: number; probeRate: number; afterKillMs: number; maxMs: number });
+  | (Common & { kind: 'failover'; sessions: number; callEveryMs: number; probeRate: number; afterKillMs: number; maxMs: number })
+  | (Common & { kind: 'rebalance'; sessions: number; concurrency: number; callEveryMs: number; callDeadlineMs: number; maxMs: number });
 
 export interface Percentiles { p50: number; p90: number; p99: number; max: number; n: number }
 
@@ -35,7 +36,10 @@ export interface HoldResult { kind: 'hold'; opened: number; errors: number; erro
 export interface FailoverClientLog { first: string; lostAt: number | null; lostFrom: string | null; backAt: number | null; backOn: string | null; attempts: number }
 export interface FailoverProbe { at: number; ok: boolean; on: string | null; error: string | null }
 export interface FailoverResult { kind: 'failover'; opened: number; killedAt: number; clients: FailoverClientLog[]; probes: FailoverProbe[] }
-export type JobResult = LatencyResult | ThroughputResult | SetupResult | HoldResult | FailoverResult;
+/** One persistent client of the rebalance phase: where it was, how often it was disconnected, its calls. */
+export interface RebalanceClientLog { first: string; last: string; disconnects: number[]; movedTo: string[]; okCalls: number; failedCalls: number }
+export interface RebalanceResult { kind: 'rebalance'; opened: number; openErrors: number; clients: RebalanceClientLog[] }
+export type JobResult = LatencyResult | ThroughputResult | SetupResult | HoldResult | FailoverResult | RebalanceResult;
 
 const OP_TIMEOUT_MS = 10_000;
 
@@ -319,6 +323,87 @@ async function failover(job: Extract<Job, { kind: 'failover' }>): Promise<Failov
   return { kind: 'failover', opened: first.length, killedAt, clients: logs, probes };
 }
 
+/**
+ * The rebalance phase's clients (bench/run.ts): persistent sessions that call a method every
+ * `callEveryMs` like an app, and behave like Meteor's client when their connection is closed:
+ * reconnect on Meteor's schedule and send the unfinished call again (a call fails only when it
+ * can't complete within `callDeadlineMs`). Each records its disconnects and where it went.
+ * Parent: {type:'ready'} when opened; {type:'stop'} ends the job.
+ */
+async function rebalanceClients(job: Extract<Job, { kind: 'rebalance' }>): Promise<RebalanceResult> {
+  const deadline = Date.now() + job.maxMs;
+  let stop = false;
+  const logs: RebalanceClientLog[] = [];
+  const runClient = async (k: number, first: LeanDdp, on: string): Promise<void> => {
+    const log: RebalanceClientLog = { first: on, last: on, disconnects: [], movedTo: [], okCalls: 0, failedCalls: 0 };
+    logs.push(log);
+    let c: LeanDdp | null = first;
+    let reconnecting: Promise<LeanDdp | null> | null = null;
+    const watch = (x: LeanDdp): void => {
+      void x.closed.then(() => {
+        if (stop || c !== x) return;
+        c = null;
+        log.disconnects.push(Date.now());
+        reconnecting = (async () => {
+          for (let count = 0; !stop; count++) {
+            await sleep(meteorRetryDelayMs(count));
+            if (stop) return null;
+            try {
+              const n = await open(job, k);
+              log.last = await whoami(n);
+              log.movedTo.push(log.last);
+              c = n;
+              watch(n);
+              return n;
+            } catch {
+              // next attempt
+            }
+          }
+          return null;
+        })().finally(() => (reconnecting = null));
+      });
+    };
+    watch(first);
+    const connection = async (): Promise<LeanDdp | null> => c ?? (await (reconnecting ?? Promise.resolve(null)));
+    // Spread the first calls over the interval, so the load is even.
+    await sleep(Math.random() * job.callEveryMs);
+    while (!stop) {
+      const callDeadline = Date.now() + job.callDeadlineMs;
+      for (;;) {
+        const x = await connection();
+        if (stop) break;
+        try {
+          if (x === null) throw new Error('not connected');
+          await x.call('echo', ['x']);
+          log.okCalls++;
+          break;
+        } catch {
+          if (Date.now() > callDeadline) {
+            log.failedCalls++;
+            break;
+          }
+          await sleep(50);
+        }
+      }
+      await sleep(job.callEveryMs * (0.8 + 0.4 * Math.random()));
+    }
+    const x = c as LeanDdp | null;
+    x?.close();
+  };
+  const errors: string[] = [];
+  const first = await openMany(job, job.sessions, job.concurrency, deadline, errors);
+  const running: Promise<void>[] = [];
+  for (const [k, c] of first.entries()) {
+    const on = await whoami(c).catch(() => '?');
+    running.push(runClient(k, c, on));
+  }
+  send({ type: 'ready', opened: first.length, errors: errors.length });
+  await Promise.race([waitFor('stop'), sleep(Math.max(0, deadline - Date.now()))]);
+  stop = true;
+  await Promise.race([Promise.all(running), sleep(OP_TIMEOUT_MS + 1000)]);
+  return { kind: 'rebalance', opened: first.length, openErrors: errors.length, clients: logs };
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* IPC                                                                                         */
 
@@ -352,6 +437,7 @@ async function main(): Promise<void> {
     case 'setup': result = await setupRate(job); break;
     case 'hold': result = await hold(job); break;
     case 'failover': result = await failover(job); break;
+    case 'rebalance': result = await rebalanceClients(job); break;
   }
   const cpu = process.cpuUsage();
   send({ type: 'result', result, cpuSec: (cpu.user + cpu.system) / 1e6 });

@@ -79,6 +79,7 @@ function rows(run: RunRecord): Row[] {
     memory: { sessions: number };
     balance: { sessions: number };
     failover: { sessions: number };
+    rebalance?: { target: number; windowMs: number; rate: number; steadyMs: number };
   };
   const lw = `${p.latency.ws.rate}/s over ${p.latency.ws.sessions} sessions`;
   const lx = `${p.latency.xhr.rate}/s over ${p.latency.xhr.sessions} sessions`;
@@ -112,6 +113,15 @@ function rows(run: RunRecord): Row[] {
     { metric: 'fo_new_failed', label: 'Failover: new sessions that failed (client-visible)', digits: 0 },
     { metric: 'fo_reconnect_p50_ms', label: "Failover: c's clients reconnected elsewhere, p50 ms", digits: 0 },
     { metric: 'fo_reconnect_all_ms', label: "Failover: all of c's clients reconnected, ms", digits: 0 },
+    { metric: 'rb_sessions', label: 'Rebalance (a 4th member joins 3): sessions held', digits: 0 },
+    { metric: 'rb_balanced_ms', label: `Rebalance: max/mean sessions ≤ ${p.rebalance?.target ?? 1.15} after, ms`, digits: 0 },
+    { metric: 'rb_ratio_at_window', label: `Rebalance: max/mean sessions ${(p.rebalance?.windowMs ?? 60_000) / 1000} s after the join`, digits: 2 },
+    { metric: 'rb_max_close_rate', label: `Rebalance: highest close rate of a member, per s (limit ${p.rebalance?.rate ?? '?'})`, digits: 1 },
+    { metric: 'rb_max_close_rate_5s', label: 'Rebalance: highest close rate of a member over 5 s, per s', digits: 1 },
+    { metric: 'rb_moved', label: 'Rebalance: clients moved', digits: 0 },
+    { metric: 'rb_max_disconnects_per_moved', label: 'Rebalance: most disconnects of a moved client', digits: 0 },
+    { metric: 'rb_failed_calls', label: 'Rebalance: failed method calls (retrying clients)', digits: 0 },
+    { metric: 'rb_steady_moved', label: `Rebalance: sessions moved in the balanced steady state (${(p.rebalance?.steadyMs ?? 0) / 1000} s)`, digits: 0 },
     { metric: 'hops_ws', label: 'ddp-cluster: share of websocket sessions proxied (hop)', digits: 2 },
     { metric: 'hops_xhr', label: 'ddp-cluster: share of xhr requests proxied (hop)', digits: 2 },
   ];

@@ -6,7 +6,8 @@
  *   npm run bench -- --quick              ~2.5 min: latency, throughput and set-up rate, short, one repeat
  *                                         (add --phases memory,balance,failover for those, with small counts)
  *   npm run bench -- --setups direct,hop  only some setups (direct is always added: ratios need it)
- *   npm run bench -- --phases latency,throughput,setup,memory,balance,failover
+ *   npm run bench -- --phases latency,throughput,setup,memory,balance,failover,rebalance
+ *   npm run bench -- --phases rebalance   a 4th member joins 3 with 3,000 sessions (~9 min; --quick: 600, ~4 min)
  *   npm run bench -- --repeats 3 --sessions 9000
  *   npm run bench -- --profile ws|xhr     CPU profile of a forced-hop instance (node --cpu-prof)
  *   npm run bench -- --out DIR            write the results elsewhere (default bench/results)
@@ -21,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { disposeAll, startMongo } from '../examples/node-ddp-app/mongo';
-import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, SetupResult, ThroughputResult } from './loadgen';
+import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, RebalanceResult, SetupResult, ThroughputResult } from './loadgen';
 import { machine, systemCpu, usage, type Usage } from './procstat';
 import { analyzeProfile } from './profile';
 import { LogTail, haproxyServerStats, requireProxies } from './proxies';
@@ -43,7 +44,7 @@ const { values: args } = parseArgs({
 });
 
 const quick = args.quick === true;
-const PHASES = ['latency', 'throughput', 'setup', 'memory', 'balance', 'failover'] as const;
+const PHASES = ['latency', 'throughput', 'setup', 'memory', 'balance', 'failover', 'rebalance'] as const;
 type Phase = (typeof PHASES)[number];
 
 /** Every figure of the run; `--quick` scales counts and durations down. */
@@ -63,6 +64,14 @@ const P = {
   memory: { sessions: Number(args.sessions ?? (quick ? 1000 : 9000)), concurrency: 48, maxMs: 120_000 },
   balance: { sessions: quick ? 600 : 3000, concurrency: 32, capacity: [1, 1, 0.5] as const, settleMs: quick ? 2000 : 3000 },
   failover: { sessions: quick ? 150 : 600, callEveryMs: 1000, probeRate: 40, afterKillMs: quick ? 12_000 : 20_000, killed: 'c' },
+  /**
+   * Active rebalancing: 3 members hold the sessions (older than the minimum age), then a 4th joins;
+   * then the balanced cluster is watched for `steadyMs`. Default slow start (30 s), the rate below.
+   */
+  rebalance: {
+    sessions: Number(args.sessions ?? (quick ? 600 : 3000)), concurrency: 32, callEveryMs: 5000, callDeadlineMs: 30_000,
+    rate: 10, minAgeMs: quick ? 20_000 : 60_000, windowMs: 60_000, target: 1.15, steadyMs: quick ? 60_000 : 300_000,
+  },
 };
 
 const FAILOVER_SETUPS: readonly SetupName[] = ['cluster', 'hop', 'nginx', 'haproxy'];
@@ -458,6 +467,135 @@ async function failover(ctx: Ctx, setup: SetupName, round: number): Promise<void
   });
 }
 
+/**
+ * A 4th member joins 3 that hold the sessions: how fast and how gently does it get its share?
+ * Samples every member's session count and rebalancing closes once a second; the clients (Meteor's
+ * reconnect schedule, calls re-sent over a reconnect) count their disconnects and failed calls.
+ */
+async function rebalancePhase(ctx: Ctx, round: number): Promise<void> {
+  const R = P.rebalance;
+  const env = (): Record<string, string> => ({
+    CLUSTER_SLOW_START: '30s', CLUSTER_REBALANCE: '1', CLUSTER_REBALANCE_RATE: String(R.rate),
+    CLUSTER_REBALANCE_MIN_AGE: `${R.minAgeMs}ms`,
+  });
+  await withStack(ctx, stackOptions(ctx, 'cluster', { env }), async (stack) => {
+    const { entries, pick } = stack.entries;
+    type Tick = { t: number; sessions: Record<string, number>; moved: Record<string, number> };
+    const timeline: Tick[] = [];
+    let joinedAt = 0;
+    let steadyFrom: Tick | null = null;
+    let steadyTo: Tick | null = null;
+    const sample = async (): Promise<Tick> => {
+      const stats = await stack.stats();
+      const tick: Tick = { t: Date.now() - joinedAt, sessions: {}, moved: {} };
+      for (const st of stats) {
+        tick.sessions[st.id] = st.sessions;
+        tick.moved[st.id] = Number(((st.cluster ?? {}).rebalance as { moved?: number } | undefined)?.moved ?? 0);
+      }
+      timeline.push(tick);
+      return tick;
+    };
+    const ratio = (t: Tick): number => {
+      const v = Object.values(t.sessions);
+      const mean = v.reduce((a, b) => a + b, 0) / v.length;
+      return mean > 0 ? Math.max(...v) / mean : Infinity;
+    };
+    await waitQuiet(() => stack.backendPids());
+    const r = await runJob<RebalanceResult>({ kind: 'rebalance', transport: 'ws', entries, pick, sessions: R.sessions, concurrency: R.concurrency,
+      callEveryMs: R.callEveryMs, callDeadlineMs: R.callDeadlineMs, maxMs: 20 * 60_000 }, {
+      pids: () => stack.backendPids(),
+      onMessage: (m, child) => {
+        if (m.type !== 'ready') return;
+        void (async () => {
+          log(`  rebalance: ${String(m.opened)} sessions on a/b/c; waiting ${R.minAgeMs / 1000} s (CLUSTER_REBALANCE_MIN_AGE) before d joins`);
+          await sleep(R.minAgeMs + 2000);
+          joinedAt = Date.now();
+          await sample();
+          await stack.addBackend('d');
+          // Until the window is over and nobody sheds any more (at most 3 windows), then the steady state.
+          for (;;) {
+            await sleep(1000);
+            const t = await sample();
+            if (t.t >= R.windowMs && ratio(t) <= R.target) break;
+            if (t.t >= 3 * R.windowMs) break;
+          }
+          steadyFrom = await sample();
+          log(`  rebalance: balanced window over at ${(steadyFrom.t / 1000).toFixed(0)} s (${JSON.stringify(steadyFrom.sessions)}); steady state for ${R.steadyMs / 1000} s`);
+          const end = Date.now() + R.steadyMs;
+          while (Date.now() < end) {
+            await sleep(1000);
+            await sample();
+          }
+          steadyTo = await sample();
+          child.send({ type: 'stop' });
+        })().catch((err: unknown) => {
+          log(`  rebalance driver failed: ${(err as Error).message}`);
+          child.send({ type: 'stop' });
+        });
+      },
+    }, 30 * 60_000);
+    const from = steadyFrom as Tick | null;
+    const to = steadyTo as Tick | null;
+    const first = timeline.find((t) => t.t > 0 && Object.keys(t.sessions).length === 4 && ratio(t) <= R.target);
+    const atWindow = timeline.find((t) => t.t >= R.windowMs);
+    // Close rates: per member, over each sampling interval (≈1 s) and over the whole episode.
+    let maxRate = 0;
+    let maxRate5 = 0;
+    const episodeRates: Record<string, number> = {};
+    const movedWindow: Record<string, number> = {};
+    for (const id of ['a', 'b', 'c', 'd']) {
+      const pts = timeline.filter((t) => t.moved[id] !== undefined && (from === null || t.t <= from.t));
+      for (let i = 1; i < pts.length; i++) {
+        const a = pts[i - 1] as Tick;
+        const b = pts[i] as Tick;
+        const dt = (b.t - a.t) / 1000;
+        if (dt > 0.5) maxRate = Math.max(maxRate, ((b.moved[id] ?? 0) - (a.moved[id] ?? 0)) / dt);
+        // Over ~5 s too: a 1 s sample taken over IPC can catch one close of the next second.
+        const c = pts.find((t) => t.t >= a.t + 5000);
+        if (c) maxRate5 = Math.max(maxRate5, ((c.moved[id] ?? 0) - (a.moved[id] ?? 0)) / ((c.t - a.t) / 1000));
+      }
+      const moving = pts.filter((t, i) => i > 0 && (t.moved[id] ?? 0) > ((pts[i - 1] as Tick).moved[id] ?? 0));
+      const total = (pts[pts.length - 1]?.moved[id] ?? 0) - (pts[0]?.moved[id] ?? 0);
+      movedWindow[id] = total;
+      if (moving.length > 0) {
+        const start = pts[pts.indexOf(moving[0] as Tick) - 1] as Tick;
+        const end = moving[moving.length - 1] as Tick;
+        episodeRates[id] = Math.round((total / Math.max(1, (end.t - start.t) / 1000)) * 100) / 100;
+      }
+    }
+    const steadyMoved = from && to ? Object.keys(to.moved).reduce((n, id) => n + (to.moved[id] ?? 0) - (from.moved[id] ?? 0), 0) : null;
+    const moved = r.clients.filter((c) => c.disconnects.length > 0);
+    const perMoved = moved.map((c) => c.disconnects.length);
+    const failedCalls = r.clients.reduce((n, c) => n + c.failedCalls, 0);
+    const okCalls = r.clients.reduce((n, c) => n + c.okCalls, 0);
+    const trace = timeline.filter((t, i) => i % 5 === 0 || t === first).map((t) => `${(t.t / 1000).toFixed(0)}s ${ratio(t).toFixed(2)}`).join(', ');
+    record(ctx, 'cluster', round, 'rb_sessions', r.opened);
+    record(ctx, 'cluster', round, 'rb_balanced_ms', first ? first.t : null);
+    record(ctx, 'cluster', round, 'rb_ratio_at_window', atWindow ? ratio(atWindow) : null, { sessions: atWindow?.sessions });
+    record(ctx, 'cluster', round, 'rb_max_close_rate', maxRate, { limit: R.rate, episodeRates });
+    record(ctx, 'cluster', round, 'rb_max_close_rate_5s', maxRate5, { limit: R.rate });
+    record(ctx, 'cluster', round, 'rb_moved', moved.length, { byMember: movedWindow });
+    record(ctx, 'cluster', round, 'rb_max_disconnects_per_moved', perMoved.length ? Math.max(...perMoved) : 0);
+    record(ctx, 'cluster', round, 'rb_failed_calls', failedCalls, { okCalls });
+    record(ctx, 'cluster', round, 'rb_steady_moved', steadyMoved, { steadyMs: R.steadyMs });
+    const out = path.join(ctx.tmpDir, '..', `ddp-cluster-rebalance-${process.pid}.json`);
+    fs.writeFileSync(out, JSON.stringify({ params: R, timeline, clients: { opened: r.opened, moved: moved.length, perMoved: count(perMoved), failedCalls, okCalls } }));
+    log(`  rebalance: ${r.opened} sessions; max/mean ≤ ${R.target} after ${first ? `${(first.t / 1000).toFixed(1)} s` : 'never'}, `
+      + `at ${R.windowMs / 1000} s ${atWindow ? ratio(atWindow).toFixed(2) : '-'} ${JSON.stringify(atWindow?.sessions ?? {})}; `
+      + `close rate max ${maxRate.toFixed(1)}/s per member over ~1 s, ${maxRate5.toFixed(1)}/s over 5 s (limit ${R.rate}; per episode ${JSON.stringify(episodeRates)}); `
+      + `${moved.length} clients moved (${JSON.stringify(movedWindow)}), disconnects per moved client ${JSON.stringify(count(perMoved))}; `
+      + `failed calls ${failedCalls} of ${failedCalls + okCalls}; steady state ${R.steadyMs / 1000} s: ${steadyMoved ?? '-'} moved`);
+    log(`  rebalance: max/mean over time: ${trace}`);
+    log(`  rebalance: timeline written to ${out}`);
+  });
+}
+
+function count(values: readonly number[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const v of values) out[String(v)] = (out[String(v)] ?? 0) + 1;
+  return out;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* profile                                                                                     */
 
@@ -586,6 +724,11 @@ async function main(): Promise<void> {
         log(`round ${round + 1}/${P.failoverRepeats}: failover (kill -9 of c under load)`);
         for (const s of order(round, fs_)) await guarded(`${s} failover`, () => failover(ctx, s, round));
       }
+    }
+
+    if (phases.has('rebalance')) {
+      log(`rebalance: ${P.rebalance.sessions} sessions on 3 members, then a 4th joins (rate ${P.rebalance.rate}/s per member)`);
+      await guarded('cluster rebalance', () => rebalancePhase(ctx, 0));
     }
 
     const run: RunRecord = {

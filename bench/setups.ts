@@ -117,55 +117,10 @@ export class Stack {
     const attach = this.clustered;
     if (attach && !o.mongoUrl) throw new Error(`${o.name} needs MongoDB`);
     const discoveryUrl = attach && o.mongoUrl ? uniqueDbUrl(o.mongoUrl, `bench_${o.name}`) : '';
+    this.#options = o;
+    this.#discoveryUrl = discoveryUrl;
     const caps = o.capacity ?? [1, 1, 1];
-    const ports = await Promise.all(IDS.map(() => freePort()));
-    await Promise.all(IDS.map(async (id, i) => {
-      const port = ports[i] ?? 0;
-      const env: Record<string, string> = {
-        ...process.env as Record<string, string>,
-        BENCH_ID: id,
-        BENCH_ATTACH: attach ? '1' : '0',
-        PORT: String(port),
-        // The fixture app reads HTTP_FORWARDED_COUNT; nothing here needs it.
-        HTTP_FORWARDED_COUNT: '',
-      };
-      for (const k of Object.keys(env)) if (k.startsWith('CLUSTER_')) delete env[k];
-      if (attach) {
-        Object.assign(env, {
-          CLUSTER_DISCOVERY_URL: discoveryUrl,
-          CLUSTER_SERVICE: 'web',
-          CLUSTER_SECRET: EXAMPLE_SECRET,
-          CLUSTER_INSTANCE_ID: id,
-          CLUSTER_LOG_LEVEL: 'error',
-          CLUSTER_CAPACITY: String(Math.round(BASE_CAPACITY * (caps[i] ?? 1))),
-          // Measure steady state, not the ramp of a member that just started.
-          CLUSTER_SLOW_START: '0',
-        });
-        if (o.name === 'hop') env.CLUSTER_SELF_WEIGHT = '0';
-        // Served here: each instance is the only member of its own service, so the whole routing
-        // path runs (registry, view, route, info pinning) and always picks this instance.
-        if (o.name === 'local') env.CLUSTER_SERVICE = `web-${id}`;
-      }
-      Object.assign(env, o.env?.(id) ?? {});
-      const proc = fork(path.join(REPO, 'bench', 'backend.ts'), [], {
-        cwd: REPO,
-        env,
-        execArgv: ['--import', 'tsx', '--expose-gc'],
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        serialization: 'json',
-      });
-      proc.on('message', (m: Record<string, unknown>) => {
-        const q = this.#replies.get(proc) ?? [];
-        const i = q.findIndex((w) => w.type === m.type);
-        if (i >= 0) q.splice(i, 1)[0]?.cb(m);
-      });
-      const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`backend ${id} not ready in 30 s`)), 30_000);
-        this.#replies.set(proc, [{ type: 'ready', cb: (m) => { clearTimeout(t); resolve(m); } }]);
-        proc.once('exit', (code) => { clearTimeout(t); reject(new Error(`backend ${id} exited with ${code}`)); });
-      });
-      this.backends.push({ id, port, url: String(ready.url), proc });
-    }));
+    await Promise.all(IDS.map((id, i) => this.#spawn(id, caps[i] ?? 1)));
     this.backends.sort((x, y) => x.id.localeCompare(y.id));
     if (attach) await this.#waitFormed();
     const weights: Backend[] = this.backends.map((b, i) => ({ id: b.id, port: b.port, weight: Math.round(2 * (caps[i] ?? 1)) }));
@@ -178,6 +133,67 @@ export class Stack {
         : await startHaproxy(o.bins.haproxy, dir, port, weights, o.maxConns);
       if (o.name === 'haproxy') await this.#waitHaproxyUp();
     }
+  }
+
+  #options: StackOptions | null = null;
+  #discoveryUrl = '';
+
+  /** A backend that joins the running stack later (the rebalance phase's 4th member). */
+  async addBackend(id: string, capacity = 1): Promise<void> {
+    await this.#spawn(id, capacity);
+    this.backends.sort((x, y) => x.id.localeCompare(y.id));
+  }
+
+  async #spawn(id: string, capacity: number): Promise<void> {
+    const o = this.#options;
+    if (o === null) throw new Error('stack not started');
+    const attach = this.clustered;
+    const discoveryUrl = this.#discoveryUrl;
+    const port = await freePort();
+    const env: Record<string, string> = {
+      ...process.env as Record<string, string>,
+      BENCH_ID: id,
+      BENCH_ATTACH: attach ? '1' : '0',
+      PORT: String(port),
+      // The fixture app reads HTTP_FORWARDED_COUNT; nothing here needs it.
+      HTTP_FORWARDED_COUNT: '',
+    };
+    for (const k of Object.keys(env)) if (k.startsWith('CLUSTER_')) delete env[k];
+    if (attach) {
+      Object.assign(env, {
+        CLUSTER_DISCOVERY_URL: discoveryUrl,
+        CLUSTER_SERVICE: 'web',
+        CLUSTER_SECRET: EXAMPLE_SECRET,
+        CLUSTER_INSTANCE_ID: id,
+        CLUSTER_LOG_LEVEL: 'error',
+        CLUSTER_CAPACITY: String(Math.round(BASE_CAPACITY * capacity)),
+        // Measure steady state, not the ramp of a member that just started.
+        CLUSTER_SLOW_START: '0',
+      });
+      if (o.name === 'hop') env.CLUSTER_SELF_WEIGHT = '0';
+      // Served here: each instance is the only member of its own service, so the whole routing
+      // path runs (registry, view, route, info pinning) and always picks this instance.
+      if (o.name === 'local') env.CLUSTER_SERVICE = `web-${id}`;
+    }
+    Object.assign(env, o.env?.(id) ?? {});
+    const proc = fork(path.join(REPO, 'bench', 'backend.ts'), [], {
+      cwd: REPO,
+      env,
+      execArgv: ['--import', 'tsx', '--expose-gc'],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      serialization: 'json',
+    });
+    proc.on('message', (m: Record<string, unknown>) => {
+      const q = this.#replies.get(proc) ?? [];
+      const i = q.findIndex((w) => w.type === m.type);
+      if (i >= 0) q.splice(i, 1)[0]?.cb(m);
+    });
+    const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`backend ${id} not ready in 30 s`)), 30_000);
+      this.#replies.set(proc, [{ type: 'ready', cb: (m) => { clearTimeout(t); resolve(m); } }]);
+      proc.once('exit', (code) => { clearTimeout(t); reject(new Error(`backend ${id} exited with ${code}`)); });
+    });
+    this.backends.push({ id, port, url: String(ready.url), proc });
   }
 
   async #waitFormed(): Promise<void> {

@@ -14,6 +14,10 @@ import type { Tunnel } from './balancer/proxy';
 import { createDashboard } from './dashboard';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
+import { SessionCloser } from './closer';
+import { Rebalancer } from './rebalancer';
+import type { SessionTraits } from './balancer/rebalance';
+import type { ProxiedPoll } from './balancer/polls';
 import { logEvents, publish } from './events';
 import { Membership } from './membership';
 import type { ClusterStats, MemberState } from './outcomes';
@@ -26,6 +30,11 @@ export interface AttachOptions extends ClusterOptions {
    * Without it a drain closes the websockets it served and lets polling sessions end with the process.
    */
   readonly sessions?: () => Iterable<Closable>;
+  /**
+   * What makes one of `sessions()` cheap to move, for rebalancing (Meteor: subscriptions, busy).
+   * Without it sessions are moved oldest first.
+   */
+  readonly sessionTraits?: (session: Closable) => SessionTraits;
   readonly logger?: Logger;
   /** Environment to read CLUSTER_* from; defaults to process.env. */
   readonly env?: Readonly<Record<string, string | undefined>>;
@@ -74,14 +83,17 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const unlog = logEvents(config.instanceId, logger);
   const local = new LocalSessions();
   const sessionCount = options.sessionCount === undefined ? (): number => local.count(Date.now()) : guardedCount(options.sessionCount, logger);
-  const membership = new Membership({ config, logger, sessionCount });
+  // One paced closer for the drain and rebalancing (closer.ts): a drain takes over queued moves.
+  const closer = new SessionCloser(options.random ?? Math.random);
+  const membership = new Membership({ config, logger, sessionCount, moved: () => closer.counts().rebalance });
+  const liveSessions = (): Iterable<Closable> => (options.sessions ? options.sessions() : local.sockets());
   const app = takeOver(server, local, logger);
   const stats = (): ClusterStats => {
     const view = membership.view();
     return {
       ...gateway.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
       members: view.members.length, healthyMembers: view.members.filter((m) => m.healthy).length, discoveryOk: view.discoveryOk,
-      health: membership.health(), discoveryRttMs: membership.rttMs,
+      health: membership.health(), discoveryRttMs: membership.rttMs, rebalance: rebalancer.stats(),
     };
   };
   const dashboard = createDashboard({ config, logger, view: () => membership.view(), stats, on: (event, listener) => membership.on(event, listener) });
@@ -94,6 +106,10 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     }),
   });
   app.install(gateway.request, gateway.upgrade);
+  const rebalancer = new Rebalancer({
+    config, logger, view: () => membership.view(), liveSessions: sessionCount, sessions: liveSessions, closer,
+    ...(options.sessionTraits ? { traits: options.sessionTraits } : {}),
+  });
 
   const serving = (): void => {
     if (membership.state === 'starting') membership.setState('serving');
@@ -111,8 +127,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const drain = (o: { windowMs?: number } = {}): Promise<DrainReport> => {
     // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
     draining ??= drainHere({
-      config, membership, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(),
-      sessions: () => (options.sessions ? options.sessions() : local.sockets()),
+      config, membership, closer, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(), polls: gateway.proxiedPolls(),
+      sessions: liveSessions,
     });
     return draining;
   };
@@ -121,6 +137,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     if (membership.state !== 'draining') void drain().catch((err: unknown) => logger.error('drain.failed', { error: err }));
   });
   membership.start();
+  rebalancer.start();
   logger.info('cluster.attached', { config: redactedConfig(config) });
 
   let closed: Promise<void> | null = null;
@@ -135,6 +152,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     close(): Promise<void> {
       closed ??= (async () => {
         clearInterval(timer);
+        rebalancer.stop();
+        closer.stop();
         server.off('listening', serving);
         app.restore();
         gateway.close();
@@ -240,24 +259,27 @@ function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOv
 
 /**
  * Rolling-deploy drain: advertise `draining`, then close the sessions here gradually. The
- * websockets proxied through here when the drain began (`tunnels`) are closed with them: their
- * clients use this instance as their balancer and would otherwise all drop at once when it exits.
- * Tunnels opened later belong to clients already moved once (this instance proxies every new
- * session away now); they are left to the exit, so no client is disconnected twice by the drain.
+ * websockets proxied through here when the drain began (`tunnels`) and the polling sessions it
+ * forwarded (`polls`) are moved with them: their clients use this instance as their balancer and
+ * would otherwise all drop at once when it exits. Tunnels opened later belong to clients already
+ * moved once (this instance proxies every new session away now); they are left to the exit, so no
+ * client is disconnected twice by the drain.
  */
 function drainHere(o: {
-  config: ClusterConfig; membership: Membership; windowMs: number; tunnels: readonly Tunnel[];
-  sessions: () => Iterable<Closable>;
+  config: ClusterConfig; membership: Membership; closer: SessionCloser; windowMs: number; tunnels: readonly Tunnel[];
+  polls: readonly ProxiedPoll[]; sessions: () => Iterable<Closable>;
 }): Promise<DrainReport> {
-  const { config, membership, windowMs } = o;
+  const { config, membership, closer, windowMs, polls } = o;
   const instanceId = config.instanceId;
   membership.setState('draining');
+  closer.beginDrain();
   publish('drain', () => ({ instanceId, phase: 'start', windowMs, sessions: membership.liveSessions() }));
   const tunnels = new Set(o.tunnels);
   return drainSessions({
     windowMs,
     noticeMs: config.heartbeatMs + config.healthIntervalMs,
-    sessions: () => [...o.sessions(), ...[...tunnels].filter((t) => t.open)],
+    sessions: () => [...o.sessions(), ...[...tunnels].filter((t) => t.open), ...polls.filter((p) => p.open)],
+    close: (batch) => void closer.close(batch, 'drain'),
     onBatch: (b) => publish('drain', () => ({ instanceId, phase: 'batch', ...b })),
   }).then((report) => {
     publish('drain', () => ({ instanceId, phase: 'done', closed: report.closed, tookMs: report.tookMs, batches: report.batches.length }));

@@ -42,6 +42,16 @@ export interface ClusterConfig {
   readonly drainWindowMs: number;
   /** How long a member that just started serving ramps its effective capacity. */
   readonly slowStartMs: number;
+  /** Active rebalancing: a member above its fair share closes some sessions so they reconnect elsewhere. */
+  readonly rebalance: boolean;
+  /** Rebalancing closes at most this many sessions per second on this member. */
+  readonly rebalanceRate: number;
+  /** Relative tolerance over the fair share before a member sheds (0.1 = 10 %). */
+  readonly rebalanceTolerance: number;
+  /** Absolute tolerance, sessions: a member sheds only when above its share by both. */
+  readonly rebalanceToleranceSessions: number;
+  /** Sessions younger than this are never moved by rebalancing. */
+  readonly rebalanceMinAgeMs: number;
   /** Origins allowed to open websocket and SockJS sessions; empty = any (Meteor's default). */
   readonly allowedOrigins: readonly string[];
   /**
@@ -248,6 +258,39 @@ const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } =
   healthRise: integer('CLUSTER_HEALTH_RISE', 1, 100, '2'),
   drainWindowMs: duration('CLUSTER_DRAIN_WINDOW', 0, '30s'),
   slowStartMs: duration('CLUSTER_SLOW_START', 0, '30s'),
+  rebalance: {
+    env: 'CLUSTER_REBALANCE',
+    parse(raw, show) {
+      const v = raw.trim().toLowerCase();
+      if (['1', 'on', 'true', 'yes'].includes(v)) return true;
+      if (['0', 'off', 'false', 'no'].includes(v)) return false;
+      return fail(FIELDS.rebalance, show, 'use 1 (on, the default) or 0 (off)');
+    },
+  },
+  rebalanceRate: {
+    env: 'CLUSTER_REBALANCE_RATE',
+    parse(raw, show) {
+      const n = Number(raw.trim());
+      if (raw.trim() === '' || !Number.isFinite(n) || n <= 0 || n > 10_000) {
+        fail(FIELDS.rebalanceRate, show, 'use sessions closed per second per member, more than 0 and at most 10000, e.g. 5 (turn rebalancing off with CLUSTER_REBALANCE=0)');
+      }
+      return n;
+    },
+  },
+  rebalanceTolerance: {
+    env: 'CLUSTER_REBALANCE_TOLERANCE',
+    parse(raw, show) {
+      const t = raw.trim();
+      const pct = /^(\d+(?:\.\d+)?)\s*%$/.exec(t);
+      const n = pct ? Number(pct[1]) / 100 : Number(t);
+      if (t === '' || !Number.isFinite(n) || n < 0.01 || n > 10) {
+        fail(FIELDS.rebalanceTolerance, show, 'use a fraction of the fair share from 0.01 to 10, or a percentage, e.g. 0.1 or 10%');
+      }
+      return n;
+    },
+  },
+  rebalanceToleranceSessions: integer('CLUSTER_REBALANCE_TOLERANCE_SESSIONS', 1, 1_000_000, '10'),
+  rebalanceMinAgeMs: duration('CLUSTER_REBALANCE_MIN_AGE', 0, '60s'),
   allowedOrigins: {
     env: 'CLUSTER_ALLOWED_ORIGINS',
     parse(raw, show) {
@@ -330,6 +373,11 @@ function defaults(): ClusterConfig {
     healthRise: 2,
     drainWindowMs: 30_000,
     slowStartMs: 30_000,
+    rebalance: true,
+    rebalanceRate: 5,
+    rebalanceTolerance: 0.1,
+    rebalanceToleranceSessions: 10,
+    rebalanceMinAgeMs: 60_000,
     allowedOrigins: Object.freeze([]),
   };
 }

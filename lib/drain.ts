@@ -19,6 +19,8 @@ export interface DrainOptions {
   readonly random?: () => number;
   /** Called with each batch, for logs and figures. */
   readonly onBatch?: (batch: DrainBatch) => void;
+  /** Closes a batch (the shared paced closer of lib/closer.ts); default: close() each at once. */
+  readonly close?: (batch: readonly Closable[]) => void;
 }
 
 export interface DrainBatch {
@@ -54,11 +56,14 @@ export async function drainSessions(o: DrainOptions): Promise<DrainReport> {
     // Close the share due now, jittered ±30% so many draining instances don't beat in phase.
     const share = left <= step ? 1 : Math.min(1, (step / left) * (0.7 + 0.6 * random()));
     const n = Math.max(1, Math.ceil(live.length * share));
-    for (const s of live.slice(0, n)) {
-      try {
-        s.close();
-      } catch {
-        // A session that fails to close is gone or going; it must not stop the drain.
+    if (o.close) o.close(live.slice(0, n));
+    else {
+      for (const s of live.slice(0, n)) {
+        try {
+          s.close();
+        } catch {
+          // A session that fails to close is gone or going; it must not stop the drain.
+        }
       }
     }
     closed += n;

@@ -25,6 +25,8 @@ export interface LoadSnapshot {
    * answered, transport not yet requested): load it has committed to that `sessions` doesn't show.
    */
   readonly pending?: number;
+  /** Sessions rebalancing closed here so far (monotonic), for the dashboard. Absent from older versions. */
+  readonly moved?: number;
 }
 
 /** Sampling resolution of the event-loop delay histogram, ms. */
@@ -39,13 +41,13 @@ export const EMPTY_LOAD: LoadSnapshot = Object.freeze({ sessions: 0, capacity: 1
 export class LoadSampler {
   readonly #sessions: () => number;
   readonly #capacity: number;
-  readonly #opened: (() => { opened: number; pending: number }) | null;
+  readonly #opened: (() => { opened: number; pending: number; moved?: number }) | null;
   readonly #delay: IntervalHistogram;
   #elu: EventLoopUtilization;
   #cpu: NodeJS.CpuUsage;
   #at: number;
 
-  constructor(sessions: () => number, capacity: number, opened: (() => { opened: number; pending: number }) | null = null) {
+  constructor(sessions: () => number, capacity: number, opened: (() => { opened: number; pending: number; moved?: number }) | null = null) {
     this.#sessions = sessions;
     this.#capacity = capacity;
     this.#opened = opened;

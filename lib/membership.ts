@@ -10,6 +10,7 @@ import { Registry, type RegistryEvents } from './discovery/registry';
 import { viewFromMembers, type Member, type MembershipView } from './discovery/view';
 import { HealthChecker, overlayHealth } from './balancer/health';
 import { publish } from './events';
+import { RecentIntake } from './balancer/intake';
 import { PendingLoad, type LoadReport } from './balancer/pending';
 import { LoadSampler } from './load';
 import type { Logger } from './log';
@@ -21,6 +22,8 @@ export interface MembershipOptions {
   readonly logger: Logger;
   /** Live DDP sessions on this instance now (never throws). */
   readonly sessionCount: () => number;
+  /** Sessions rebalancing moved away from here so far, for heartbeats (lib/rebalancer.ts). */
+  readonly moved?: () => number;
 }
 
 /** The health route's answer: this instance's state and load, fresher than its last heartbeat. */
@@ -41,6 +44,8 @@ export class Membership {
   readonly #registry: Registry;
   readonly #checker: HealthChecker;
   readonly #pending: PendingLoad;
+  /** New sessions routed recently per member, for slow start's share cap (route.ts). */
+  readonly #intake = new RecentIntake();
   /** The view routing uses: the registry's, with the health checks overlaid; rebuilt on change only. */
   #view: MembershipView;
   /** Fresher load figures from a round of checks: one rebuild per round, not per peer. */
@@ -55,7 +60,7 @@ export class Membership {
     this.#sessionCount = o.sessionCount;
     this.#pending = new PendingLoad(Math.max(10_000, 5 * o.config.heartbeatMs));
     this.#sampler = new LoadSampler(o.sessionCount, o.config.capacity,
-      () => (this.#built ? { opened: this.#opened, pending: this.pendingHere() } : { opened: 0, pending: 0 }));
+      () => (this.#built ? { opened: this.#opened, pending: this.pendingHere(), moved: o.moved?.() ?? 0 } : { opened: 0, pending: 0 }));
     this.#registry = new Registry({ config: o.config, logger: o.logger, load: () => this.#sampler.sample() });
     this.#checker = new HealthChecker({
       intervalMs: o.config.healthIntervalMs, timeoutMs: o.config.healthTimeoutMs, fall: o.config.healthFall, rise: o.config.healthRise,
@@ -140,8 +145,14 @@ export class Membership {
     const now = Date.now();
     if (member.self) this.#pending.landed(now);
     this.#pending.add(member.id, this.report(member), now);
+    this.#intake.add(member.id, now);
     // Peers' load figures are worth refreshing.
     this.#checker.refresh();
+  }
+
+  /** New sessions this instance routed recently to `memberId`, and in all (slow start's share cap). */
+  intake(memberId: string, now: number): { member: number; total: number } {
+    return this.#intake.share(memberId, now);
   }
 
   /** A session opened here (served here, from a client or a peer). */

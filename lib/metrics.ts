@@ -8,7 +8,7 @@ import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import type { MembershipView } from './discovery/view';
 import { MEMBER_STATES } from './discovery/entry';
 import { subscribe } from './events';
-import { ROUTE_ACTIONS, ROUTE_REASONS, type ClusterStats, type ErrorKind, type HealthStatus } from './outcomes';
+import { ROUTE_ACTIONS, ROUTE_REASONS, type ClusterStats, type ErrorKind, type HealthStatus, type RebalanceStats } from './outcomes';
 
 const ACTIONS: ReadonlySet<string> = new Set(ROUTE_ACTIONS);
 const REASONS: ReadonlySet<string> = new Set(ROUTE_REASONS);
@@ -61,6 +61,9 @@ export const METRIC_NAMES = [
   'ddp_cluster_hops_total',
   'ddp_cluster_session_table_entries',
   'ddp_cluster_open_proxied_sockets',
+  'ddp_cluster_sessions_closed_total',
+  'ddp_cluster_rebalancing',
+  'ddp_cluster_rebalance_episodes_total',
   'ddp_cluster_discovery_up',
   'ddp_cluster_view_stale',
   'ddp_cluster_health_check_up',
@@ -181,6 +184,14 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
   });
   gauge('ddp_cluster_session_table_entries', 'Polling sessions in this balancer\'s session table.', [], (g, s) => g.set(num(s.stats.sessionTable)));
   gauge('ddp_cluster_open_proxied_sockets', 'Websockets this instance is proxying to peers now.', [], (g, s) => g.set(num(s.stats.openProxiedSockets)));
+  // Rebalancing (issue 15): what the shared closer closed, by reason, and whether this instance sheds now.
+  const rebalance = (s: Snapshot): Partial<RebalanceStats> => s.stats.rebalance ?? {};
+  counter('ddp_cluster_sessions_closed_total', 'Sessions this instance closed on purpose so their clients reconnect elsewhere: drain or rebalance.', ['reason'], (c, s) => {
+    c.inc({ reason: 'drain' }, num(rebalance(s).drained));
+    c.inc({ reason: 'rebalance' }, num(rebalance(s).moved));
+  });
+  gauge('ddp_cluster_rebalancing', '1 while this instance is above its fair share and sheds sessions, else 0.', [], (g, s) => g.set(rebalance(s).shedding === true ? 1 : 0));
+  counter('ddp_cluster_rebalance_episodes_total', 'Times this instance started shedding sessions (the dashboard lists the recent ones).', [], (c, s) => c.inc(num(rebalance(s).episodes)));
   gauge('ddp_cluster_discovery_up', '1 if the last discovery poll succeeded, else 0.', [], (g, s) => g.set(s.view.discoveryOk ? 1 : 0));
   gauge('ddp_cluster_view_stale', '1 if discovery has been unreachable longer than CLUSTER_VIEW_STALE_AFTER, else 0.', [], (g, s) => g.set(s.view.stale ? 1 : 0));
 

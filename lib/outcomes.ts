@@ -118,6 +118,34 @@ export interface BalancerStats {
   openProxiedSockets: number;
 }
 
+/** A rebalancing episode of this instance (lib/rebalancer.ts): it started or stopped shedding. */
+export interface RebalanceEvent {
+  readonly at: number;
+  readonly kind: 'start' | 'stop';
+  readonly sessions: number;
+  /** Fair share at the time (ramp-weighted). */
+  readonly share: number;
+  /** Sessions moved during the episode that stopped (stop events). */
+  readonly moved?: number;
+}
+
+/** This instance's active rebalancing (lib/rebalancer.ts), in `cluster.stats().rebalance`. */
+export interface RebalanceStats {
+  readonly enabled: boolean;
+  readonly shedding: boolean;
+  /** Sessions closed by rebalancing so far. */
+  readonly moved: number;
+  /** Sessions closed by drains so far (same closer). */
+  readonly drained: number;
+  /** Fair share at the last decision (sessions), null before one. */
+  readonly share: number | null;
+  /** Times this instance started shedding. */
+  readonly episodes: number;
+  /** Decisions taken so far (ticks while enabled and not draining). */
+  readonly decisions: number;
+  readonly events: readonly RebalanceEvent[];
+}
+
 /** `cluster.stats()`: the balancer's counters plus this member's view of the cluster. */
 export interface ClusterStats extends BalancerStats {
   readonly instanceId: string;
@@ -129,6 +157,8 @@ export interface ClusterStats extends BalancerStats {
   readonly members: number;
   readonly healthyMembers: number;
   readonly discoveryOk: boolean;
+  /** Active rebalancing (lib/rebalancer.ts): state, sessions moved and drained, recent events. */
+  readonly rebalance: RebalanceStats;
 }
 
 // ---------------------------------------------------------------------------------------------

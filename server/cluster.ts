@@ -7,6 +7,7 @@ import { ClusterError } from '../lib/outcomes';
 import { ServiceConnection } from './discover';
 import type { DdpConnection, DdpConnectOptions, ServerPackages } from './meteor-env';
 import { pinDdpUrl } from './pin-ddp-url';
+import { meteorSessionTraits } from './session-traits';
 
 /** `Cluster.connect` options: any core option (JS wins over the CLUSTER_* variables), plus pinning. */
 export interface ConnectOptions extends Omit<ClusterOptions, 'discoveryUrl'> {
@@ -146,6 +147,7 @@ export class MeteorCluster implements ClusterApi {
       ...js, instanceId: config.instanceId, env,
       sessionCount: () => Meteor.server.sessions.size,
       sessions: () => Meteor.server.sessions.values(),
+      sessionTraits: meteorSessionTraits,
     });
     this.#handle = handle;
     for (const s of this.#subscriptions.splice(0)) s.apply(handle);

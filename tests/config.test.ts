@@ -76,6 +76,13 @@ describe('config', () => {
     ['CLUSTER_LOG_LEVEL', 'loud', /one of debug/],
     ['CLUSTER_DASHBOARD_PATH', '/a b', /plain segments/],
     ['CLUSTER_COLLECTION', 'system.users', /plain collection name/],
+    ['CLUSTER_REBALANCE', 'maybe', /1 \(on, the default\) or 0 \(off\)/],
+    ['CLUSTER_REBALANCE_RATE', '0', /per second per member.*CLUSTER_REBALANCE=0/],
+    ['CLUSTER_REBALANCE_RATE', 'fast', /per second per member/],
+    ['CLUSTER_REBALANCE_TOLERANCE', '0', /0\.01 to 10.*10%/],
+    ['CLUSTER_REBALANCE_TOLERANCE', 'lots', /0\.01 to 10/],
+    ['CLUSTER_REBALANCE_TOLERANCE_SESSIONS', '0', /whole number from 1/],
+    ['CLUSTER_REBALANCE_MIN_AGE', 'old', /milliseconds/],
   ];
   for (const [variable, value, fix] of bad) {
     it(`rejects ${variable}=${JSON.stringify(value)} naming the variable and the fix`, () => {
@@ -85,6 +92,17 @@ describe('config', () => {
       assert.match(err.fix, fix);
     });
   }
+
+  it('reads the rebalancing variables, on by default with conservative limits', () => {
+    const d = parseConfig({}, {});
+    assert.deepEqual([d.rebalance, d.rebalanceRate, d.rebalanceTolerance, d.rebalanceToleranceSessions, d.rebalanceMinAgeMs], [true, 5, 0.1, 10, 60_000]);
+    const c = parseConfig({}, {
+      CLUSTER_REBALANCE: 'off', CLUSTER_REBALANCE_RATE: '2.5', CLUSTER_REBALANCE_TOLERANCE: '20%',
+      CLUSTER_REBALANCE_TOLERANCE_SESSIONS: '50', CLUSTER_REBALANCE_MIN_AGE: '5m',
+    });
+    assert.deepEqual([c.rebalance, c.rebalanceRate, c.rebalanceTolerance, c.rebalanceToleranceSessions, c.rebalanceMinAgeMs], [false, 2.5, 0.2, 50, 300_000]);
+    assert.equal(parseConfig({}, { CLUSTER_REBALANCE: '0' }).rebalance, false);
+  });
 
   it('rejects a stale horizon shorter than two heartbeats', () => {
     const err = errorFor({ CLUSTER_HEARTBEAT_INTERVAL: '2000', CLUSTER_STALE_HORIZON: '3000' });

@@ -25,6 +25,7 @@ import { baseUrlFor, pinnedPath, sendInfo } from './info';
 import { Forwarder, type ProxyAttempt, type Tunnel } from './proxy';
 import { RETRY_POLICY, hasBody, isRefusal, retryVerdict } from './retry';
 import { door, route, type Balanced, type Decision, type DoorDecision, type RoutePolicy } from './route';
+import { ProxiedPolls, type ProxiedPoll } from './polls';
 import { SessionTable } from './sessions';
 
 export type { BalancerStats } from '../outcomes';
@@ -88,6 +89,8 @@ interface Attempt {
 type Admission =
   | Exclude<DoorDecision, { action: 'balance' }>
   | { readonly action: 'forbidden' }
+  /** A polling session a drain moved away from here: refused, so its client reconnects elsewhere. */
+  | { readonly action: 'moved' }
   | { readonly action: 'balance'; readonly facts: Balanced; readonly hop: HopCheck; readonly owner: string | null };
 
 type Proxy = Extract<Decision, { action: 'proxy' }>;
@@ -99,6 +102,8 @@ export class Gateway {
   readonly #forwarder = new Forwarder();
   readonly #sessions: SessionTable;
   readonly #replay = new ReplayGuard();
+  /** Polling sessions forwarded to peers, for a drain to move (polls.ts). */
+  readonly #polls = new ProxiedPolls();
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
     retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
@@ -194,6 +199,7 @@ export class Gateway {
       this.#stats.forbiddenOrigins++;
       return { action: 'forbidden' };
     }
+    if (x.kind === 'request' && d.facts.kind === 'transport' && this.#polls.moved(d.facts.sessionId)) return { action: 'moved' };
     return { action: 'balance', facts: d.facts, hop, owner };
   }
 
@@ -204,6 +210,8 @@ export class Gateway {
         return x.reply(d.status, d.reason);
       case 'forbidden':
         return x.reply(403, 'origin not allowed');
+      case 'moved':
+        return x.reply(404, 'session moved');
       case 'app':
         return x.serveHere(null);
       case 'health':
@@ -233,6 +241,7 @@ export class Gateway {
         excluded,
         cookieHash: facts.kind === 'page' ? uiCookie(req) : null,
         random: this.#d.random,
+        intake: (id) => this.#m.intake(id, now),
       },
     });
   }
@@ -287,6 +296,7 @@ export class Gateway {
     const { x, facts } = a;
     this.countProxied(facts);
     this.remember(facts, d, d.member);
+    if (x.kind === 'request' && facts.kind === 'transport' && !SENDS.has(facts.transport)) this.#polls.track(facts.sessionId, x.res, Date.now());
     this.prepare(a);
     if (x.kind === 'request' && a.otherMembers === 0 && a.body === null && bufferable(x.req, facts)) {
       return void readBody(x.req, MAX_REPLAY_BODY).then((body) => {
@@ -387,6 +397,12 @@ export class Gateway {
   maintain(now: number): void {
     this.#sessions.prune(now);
     this.#replay.prune(Date.now());
+    this.#polls.prune(now);
+  }
+
+  /** Polling sessions this balancer forwards to peers: clients that depend on it as their entry. */
+  proxiedPolls(): ProxiedPoll[] {
+    return this.#polls.sessions(Date.now());
   }
 
   /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */

@@ -49,6 +49,11 @@ export interface RouteState {
   readonly cookieHash: string | null;
   /** Uniform in [0, 1); injected so tests are deterministic. */
   readonly random: () => number;
+  /**
+   * New sessions this balancer routed recently to `memberId`, and in all (lib/balancer/intake.ts):
+   * a member in slow start takes at most its ramp fraction of them. Absent: no cap.
+   */
+  readonly intake?: (memberId: string) => { readonly member: number; readonly total: number };
 }
 
 export type Decision =
@@ -220,6 +225,23 @@ export function pickNew(input: RouteInput, service: string): Member | null {
   if (candidates.length === 0) return null;
   if (candidates.length === 1) return candidates[0] ?? null;
   const oldest = Math.max(...candidates.map((m) => m.servingMs));
+  // Slow start caps the share of new sessions too, not just a weight: an empty member's score
+  // stays lowest whatever its weight, so it would take every new session until it caught up.
+  const capped = candidates.filter((m) => !overRampShare(m, ramp(m, oldest, policy.slowStartMs), state));
+  if (capped.length > 0 && capped.length < candidates.length) return pickAmong(input, capped, oldest);
+  return pickAmong(input, candidates, oldest);
+}
+
+/** A ramping member that already took its ramp fraction of the new sessions routed recently. */
+function overRampShare(m: Member, r: number, state: RouteState): boolean {
+  if (r >= 1 || state.intake === undefined) return false;
+  const { member, total } = state.intake(m.id);
+  return member + 1 > r * (total + 1);
+}
+
+function pickAmong(input: RouteInput, candidates: readonly Member[], oldest: number): Member | null {
+  const { state, policy } = input;
+  if (candidates.length === 1) return candidates[0] ?? null;
   const weight = (m: Member): number => (m.self ? policy.selfWeight : 1) * ramp(m, oldest, policy.slowStartMs);
   const score = (m: Member): number => {
     // This instance: its live count. A peer: its report, with the new sessions it kept for itself.

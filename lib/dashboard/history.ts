@@ -44,7 +44,7 @@ export class SessionHistory {
   }
 }
 
-export const EVENT_KINDS = ['join', 'leave', 'down', 'up', 'drain', 'serving', 'failover', 'change', 'outage', 'recovered'] as const;
+export const EVENT_KINDS = ['join', 'leave', 'down', 'up', 'drain', 'serving', 'failover', 'change', 'outage', 'recovered', 'rebalance'] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
 
 export interface ClusterEvent {

@@ -16,7 +16,7 @@ import type { ClusterConfig } from '../config';
 import type { RegistryEvents } from '../discovery/registry';
 import type { Member, MembershipView } from '../discovery/view';
 import type { Logger } from '../log';
-import type { ClusterStats } from '../outcomes';
+import type { ClusterStats, RebalanceEvent } from '../outcomes';
 import { createMetrics, healthResults, type ClusterMetrics } from '../metrics';
 import { PACKAGE_VERSION } from '../version';
 import {
@@ -70,6 +70,8 @@ export interface ApiMember {
   readonly pkgVersion: string;
   readonly heartbeatAgeMs: number;
   readonly heartbeatMs: number;
+  /** Sessions rebalancing moved away from the member so far (its heartbeat; null from older versions). */
+  readonly moved: number | null;
   /** This instance's active health check of the member, when the core reports one. */
   readonly check: { readonly up: boolean; readonly checkedAt: number; readonly rttMs: number | null; readonly reason: string } | null;
 }
@@ -83,6 +85,8 @@ export interface ApiCluster {
   readonly totals: {
     readonly members: number; readonly healthy: number; readonly serving: number; readonly draining: number;
     readonly starting: number; readonly sessions: number; readonly capacity: number;
+    /** Sessions rebalancing moved, summed over the members that report it. */
+    readonly moved: number;
   };
   readonly members: readonly ApiMember[];
   readonly duplicates: MembershipView['duplicates'];
@@ -218,6 +222,8 @@ class ClusterWatch {
   readonly #downBy = new Map<string, Set<'heartbeat' | 'check'>>();
   readonly #lastSessions = new Map<string, number>();
   #checks: Record<string, { up: boolean; reason: string }> = {};
+  /** Rebalancing episodes of this instance up to here are events already. */
+  #rebalancedUpTo = Date.now();
   #closed = false;
   readonly #timer: NodeJS.Timeout;
 
@@ -280,7 +286,8 @@ class ClusterWatch {
     this.history.record(now, view.members.filter((m) => m.healthy));
     for (const m of view.members) if (m.healthy) this.#lastSessions.set(m.id, m.load.sessions);
     for (const id of this.#lastSessions.keys()) if (!view.byId.has(id)) this.#lastSessions.delete(id);
-    const h = healthResults(this.#deps.stats()) ?? {};
+    const stats = this.#deps.stats();
+    const h = healthResults(stats) ?? {};
     for (const [id, r] of Object.entries(h)) {
       const before = this.#checks[id];
       if (before === undefined ? !r.up : before.up !== r.up) {
@@ -288,6 +295,19 @@ class ClusterWatch {
       }
     }
     this.#checks = h;
+    this.rebalanceEvents(stats.rebalance?.events ?? [], now);
+  }
+
+  /** This instance's rebalancing episodes (its stats), as events: start and stop with what moved. */
+  private rebalanceEvents(episodes: readonly RebalanceEvent[], now: number): void {
+    const id = this.#deps.config.instanceId;
+    for (const e of episodes) {
+      if (e.at <= this.#rebalancedUpTo) continue;
+      this.event('rebalance', id, e.kind === 'start'
+        ? `above its fair share (${e.sessions} sessions, share ${Math.round(e.share)}): moving sessions`
+        : `within its fair share (${e.sessions} sessions, share ${Math.round(e.share)}): stopped after moving ${e.moved ?? 0}`);
+    }
+    this.#rebalancedUpTo = Math.max(this.#rebalancedUpTo, now);
   }
 }
 
@@ -312,6 +332,7 @@ function snapshot({ deps, watch }: Site, since: number, afterSeq: number): ApiCl
       starting: view.members.filter((m) => m.state === 'starting').length,
       sessions: healthy.reduce((s, m) => s + m.load.sessions, 0),
       capacity: healthy.reduce((s, m) => s + m.load.capacity, 0),
+      moved: view.members.reduce((s, m) => s + (m.load.moved ?? 0), 0),
     },
     members: view.members.map((m) => apiMember(m, now, h?.[m.id] ?? null)),
     duplicates: view.duplicates,
@@ -399,6 +420,7 @@ export function apiMember(m: Member, now: number, check: ApiMember['check']): Ap
     host: m.host, pid: m.pid, sessions: m.load.sessions, capacity: m.load.capacity, elu: m.load.elu, delayMs: m.load.delayMs,
     cpu: m.load.cpu, rss: m.load.rss, startedAt: m.startedAt, uptimeMs: Math.max(0, now - m.startedAt),
     appVersion: m.appVersion, pkgVersion: m.pkgVersion, heartbeatAgeMs: m.heartbeatAgeMs, heartbeatMs: m.heartbeatMs,
+    moved: m.load.moved ?? null,
     check: check === null ? null : { up: check.up, checkedAt: check.checkedAt, rttMs: check.rttMs, reason: check.reason },
   };
 }

@@ -101,6 +101,7 @@ function render(d){
  cards.appendChild(card(t.sessions,'sessions'));
  cards.appendChild(card(t.capacity?pct(t.sessions/t.capacity):'-','of capacity ('+t.capacity+')'));
  cards.appendChild(card(t.serving+' / '+t.draining+' / '+t.starting,'serving / draining / starting'));
+ cards.appendChild(card(t.moved||0,'sessions moved by rebalancing'));
  cards.appendChild(card(hms(d.now),'updated'));
  var tb=$('rows');tb.textContent='';
  d.members.forEach(function(m){
@@ -112,14 +113,14 @@ function render(d){
   var name=el('th',{scope:'row'},[sw,m.id+(m.self?' ':''),m.self?tag('this','info'):null,el('div',{'class':'small',text:m.endpoint+(m.balancer?' \\u00b7 balancer '+m.balancer:'')})]);
   var tr=el('tr',m.healthy?null:{'class':'down'},[name,el('td',{text:m.service}),
    el('td',null,[tag(m.state,m.state==='serving'?'ok':m.state==='draining'?'warn':'info')]),el('td',null,health),
-   el('td',{'class':'n'},[String(m.sessions)]),el('td',{'class':'n'},[String(m.capacity),bar]),
+   el('td',{'class':'n'},[String(m.sessions)]),el('td',{'class':'n',text:m.moved==null?'-':String(m.moved)}),el('td',{'class':'n'},[String(m.capacity),bar]),
    el('td',{'class':'n',text:pct(m.elu)}),el('td',{'class':'n',text:m.delayMs.toFixed(1)+' ms'}),
    el('td',{'class':'n',text:pct(m.cpu)}),el('td',{'class':'n',text:mb(m.rss)}),
    el('td',{'class':'n',text:dur(m.uptimeMs)}),el('td',{text:(m.appVersion||'-')+' / '+m.pkgVersion}),
    el('td',{'class':'n',text:(m.heartbeatAgeMs/1000).toFixed(1)+' s'})]);
   tb.appendChild(tr);
  });
- if(!d.members.length)tb.appendChild(el('tr',null,[el('td',{colspan:'13',text:'No members yet.'})]));
+ if(!d.members.length)tb.appendChild(el('tr',null,[el('td',{colspan:'14',text:'No members yet.'})]));
  d.history.forEach(function(s){samples.push(s)});
  if(d.history.length)since=d.history[d.history.length-1].t;
  if(samples.length>WINDOW)samples.splice(0,samples.length-WINDOW);
@@ -128,7 +129,7 @@ function render(d){
  if(events.length>100)events.splice(0,events.length-100);
  var ol=$('events');ol.textContent='';
  events.slice().reverse().forEach(function(e){
-  var cls=e.kind==='down'||e.kind==='failover'||e.kind==='outage'||e.kind==='leave'?'bad':e.kind==='drain'?'warn':e.kind==='up'||e.kind==='join'||e.kind==='recovered'||e.kind==='serving'?'ok':'info';
+  var cls=e.kind==='down'||e.kind==='failover'||e.kind==='outage'||e.kind==='leave'?'bad':e.kind==='drain'||e.kind==='rebalance'?'warn':e.kind==='up'||e.kind==='join'||e.kind==='recovered'||e.kind==='serving'?'ok':'info';
   ol.appendChild(el('li',null,[el('time',{datetime:new Date(e.t).toISOString(),text:hms(e.t)}),tag(e.kind,cls),' ',e.member?el('b',{text:e.member}):null,e.member?' ':null,e.detail]));
  });
  if(!events.length)ol.appendChild(el('li',{text:'No events yet.'}));
@@ -193,7 +194,7 @@ export function dashboardPage(o: { base: string; nonce: string; instanceId: stri
 <div class="scroll" tabindex="0" role="region" aria-labelledby="h-inst"><table>
 <caption>Every member of the cluster as this instance sees it; updated every second.</caption>
 <thead><tr><th scope="col">Instance</th><th scope="col">Service</th><th scope="col">State</th><th scope="col">Health</th>
-<th scope="col" class="n">Sessions</th><th scope="col" class="n">Capacity</th><th scope="col" class="n">Event loop</th>
+<th scope="col" class="n">Sessions</th><th scope="col" class="n">Moved</th><th scope="col" class="n">Capacity</th><th scope="col" class="n">Event loop</th>
 <th scope="col" class="n">Loop delay</th><th scope="col" class="n">CPU</th><th scope="col" class="n">RSS</th>
 <th scope="col" class="n">Uptime</th><th scope="col">Version (app / pkg)</th><th scope="col" class="n">Heartbeat</th></tr></thead>
 <tbody id="rows"></tbody></table></div></section>

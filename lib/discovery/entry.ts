@@ -125,6 +125,7 @@ function loadOf(v: unknown): LoadSnapshot {
   const l = typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : {};
   const opened = num(l.opened, -1);
   const pending = num(l.pending, -1);
+  const moved = num(l.moved, -1);
   return {
     sessions: num(l.sessions, 0),
     capacity: Math.max(1, num(l.capacity, 1)),
@@ -134,5 +135,6 @@ function loadOf(v: unknown): LoadSnapshot {
     rss: num(l.rss, 0),
     ...(opened >= 0 ? { opened } : {}),
     ...(pending >= 0 ? { pending } : {}),
+    ...(moved >= 0 ? { moved } : {}),
   };
 }

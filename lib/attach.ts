@@ -18,6 +18,7 @@ import { HealthChecker, overlayHealth, type HealthStatus } from './balancer/heal
 import { viewFromMembers } from './discovery/view';
 import { drainSessions, type Closable, type DrainReport } from './drain';
 import { LocalSessions } from './local-sessions';
+import { startWorkersRole, workerConfig, type WorkersOptions, type WorkersStats } from './workers';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -32,6 +33,8 @@ export interface AttachOptions extends ClusterOptions {
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Uniform random in [0, 1) for the power-of-two-choices pick; for deterministic tests. */
   readonly random?: () => number;
+  /** CLUSTER_WORKERS_COUNT (issue 14): worker ports and program; see README "Every core: workers". */
+  readonly workers?: WorkersOptions;
 }
 
 export interface ClusterStats extends BalancerStats {
@@ -44,6 +47,8 @@ export interface ClusterStats extends BalancerStats {
   readonly members: number;
   readonly healthyMembers: number;
   readonly discoveryOk: boolean;
+  /** CLUSTER_WORKERS_COUNT: this process's role, its workers (primary) and handoff counts. */
+  readonly workers: WorkersStats;
 }
 
 export interface ClusterHandle {
@@ -78,7 +83,8 @@ type UpgradeListener = (req: IncomingMessage, socket: Socket, head: Buffer) => v
 const MAINTAIN_EVERY_MS = 5_000;
 
 export function attach(server: Server, options: AttachOptions = {}): ClusterHandle {
-  const config = parseConfig(options, options.env ?? process.env);
+  // A worker (CLUSTER_WORKER_ID) takes the id, endpoint and weight its primary assigned.
+  const config = workerConfig(parseConfig(options, options.env ?? process.env), options.env ?? process.env);
   const logger = options.logger ?? createLogger(config.logLevel, { instance: config.instanceId });
   const keys = keysFrom(config.secret, config.previousSecret);
   if (keys === null && config.discoveryUrl !== null) {
@@ -255,6 +261,16 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   registry.on('drainRequested', () => {
     if (registry.state !== 'draining') void handle?.drain().catch((err: unknown) => logger.error('drain.failed', { error: err }));
   });
+  // Issue 14: the primary starts its workers and hands them connections; a worker takes them.
+  const workers = startWorkersRole({
+    server, config, env: options.env ?? process.env, logger, options: options.workers,
+    decideHead: (head, accept) => balancer.decideHead(head, accept),
+    drainSelf: async () => {
+      await handle?.drain();
+      await handle?.close();
+    },
+  });
+
   registry.start();
   checker.start();
   logger.info('cluster.attached', { config: redactedConfig(config) });
@@ -277,6 +293,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         discoveryOk: view.discoveryOk,
         health: checker.all(),
         discoveryRttMs: registry.rttMs,
+        workers: workers.stats(),
       };
     },
     ready: () => registry.ready(),
@@ -297,10 +314,13 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         noticeMs: config.heartbeatMs + config.healthIntervalMs,
         sessions: () => [...(options.sessions ? options.sessions() : local.sockets()), ...[...tunnels].filter((t) => t.open)],
         onBatch: (b) => logger.debug('drain.batch', { ...b }),
-      }).then((report) => {
+      }).then(async (report) => {
         logger.info('drain.done', { closed: report.closed, tookMs: report.tookMs, batches: report.batches.length });
+        await workersDrained;
         return report;
       });
+      // The primary's workers drain alongside (each paced over its own window); done when all exited.
+      const workersDrained = workers.drain().catch((err: unknown) => logger.error('workers.drain_failed', { error: err }));
       return draining;
     },
     pickDdpUrl: (req, service = null) => balancer.pickDdpUrl(req, service),
@@ -314,6 +334,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         server.off('upgrade', onUpgrade);
         for (const l of requestListeners) server.on('request', l);
         for (const l of upgradeListeners) server.on('upgrade', l);
+        await workers.close();
         balancer.close();
         checker.close();
         dashboard.close();

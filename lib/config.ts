@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 
 /** Log levels in increasing severity; `silent` turns logging off. */
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
@@ -47,6 +48,11 @@ export interface ClusterConfig {
    * X-Forwarded-*. 0: those headers are ignored.
    */
   readonly forwardedCount: number;
+  /**
+   * CLUSTER_WORKERS_COUNT (issue 14): worker processes this process starts and hands connections
+   * to (lib/workers); 0 = none. `auto` in the environment is os.availableParallelism().
+   */
+  readonly workersCount: number;
 }
 
 /** What callers may pass in JS; every field is optional and wins over the environment. */
@@ -264,6 +270,18 @@ const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } =
       return Object.freeze(origins.map((o) => o.replace(/\/+$/, '')));
     },
   },
+  workersCount: {
+    env: 'CLUSTER_WORKERS_COUNT',
+    parse(raw, show) {
+      const v = raw.trim().toLowerCase();
+      if (v === 'auto') return availableParallelism();
+      const n = Number(v);
+      if (v === '' || !Number.isInteger(n) || n < 0 || n > 256) {
+        fail(FIELDS.workersCount, show, 'use auto (one worker per available core), a whole number from 0 to 256, or 0/unset for none');
+      }
+      return n;
+    },
+  },
   appVersion: {
     env: 'CLUSTER_APP_VERSION',
     parse: (raw, show) => {
@@ -330,6 +348,7 @@ function defaults(): ClusterConfig {
     drainWindowMs: 30_000,
     slowStartMs: 30_000,
     allowedOrigins: Object.freeze([]),
+    workersCount: 0,
   };
 }
 

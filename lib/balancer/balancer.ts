@@ -210,6 +210,28 @@ export class Balancer {
     return self === null ? 0 : this.#pending.routed(self.id, this.report(self), Date.now());
   }
 
+  // ---- Issue 14 (workers): the decision for a connection's first request, before HTTP parsing.
+  /**
+   * Where a request head read off a new connection goes, when that is a member `accept`s (one of
+   * this machine's workers): counted as routed there (pending load, session table) exactly like a
+   * proxied request. Null: this process handles the connection as usual (serves, answers, proxies).
+   * Requests with a hop header, refused origins, sockjs info, pages and the health and dashboard
+   * routes always stay here.
+   */
+  decideHead(head: { method: string; url: string; headers: Record<string, string> }, accept: (member: Member) => boolean): Member | null {
+    if (head.headers[HOP_HEADER] !== undefined) return null;
+    const facts = classify(head.url, this.#classifyOptions);
+    if (facts.kind !== 'transport' && facts.kind !== 'raw-websocket' && facts.kind !== 'sockjs-other') return null;
+    const req = { headers: head.headers } as unknown as IncomingMessage;
+    if (!this.originAllowed(req)) return null;
+    this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
+    const d = this.route(req, facts, { kind: 'none' }, new Set());
+    if (d.action !== 'proxy' || !accept(d.member)) return null;
+    this.remember(facts, d, d.member);
+    return d.member;
+  }
+  // ---- end issue 14
+
   /** Periodic housekeeping (expired sessions, nonces, pending counts); called by the owner's timer. */
   maintain(now: number): void {
     this.#sessions.prune(now);

@@ -34,7 +34,9 @@ async function main(): Promise<void> {
       process.stdout.write(`memory ${JSON.stringify({ rss: process.memoryUsage.rss(), heap: process.memoryUsage().heapUsed, at: Date.now() })}\n`);
     });
   }
-  process.stdout.write(`listening ${app.url}\n`);
+  // A worker (CLUSTER_WORKERS_COUNT, issue 14) shares the primary's stdout: only the primary says "listening".
+  if (process.env.CLUSTER_WORKER_ID) process.stdout.write(`worker ${process.env.CLUSTER_WORKER_ID} up ${app.url}\n`);
+  else process.stdout.write(`listening ${app.url}\n`);
   // SIGTERM/SIGINT: drain over CLUSTER_DRAIN_WINDOW, deregister, then exit (the app's own
   // shutdown runs after, as a Meteor app's would).
   drainOnSignals({

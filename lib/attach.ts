@@ -182,6 +182,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       if (res.statusCode < 400) local.polled(sessionId, Date.now());
     }),
     routedNew: () => checker.refresh(),
+    // Issue 14: a connection the primary handed to this worker was routed here already.
+    chosenHere: (req) => workers.chosenHere(req),
   });
   opened = () => ({ opened: balancer.opened(), pending: balancer.pendingHere() });
 

@@ -390,6 +390,10 @@ function validate(c: ClusterConfig): ClusterConfig {
     throw new ConfigError('CLUSTER_STALE_HORIZON', String(c.staleMs),
       `use at least twice CLUSTER_HEARTBEAT_INTERVAL (${c.heartbeatMs} ms), e.g. ${3 * c.heartbeatMs}`);
   }
+  if (c.workersCount > 0 && c.discoveryUrl === null) {
+    throw new ConfigError('CLUSTER_WORKERS_COUNT', String(c.workersCount),
+      'set CLUSTER_DISCOVERY_URL too: each worker is a cluster member, found through the registry (the app\'s MONGO_URL works), or unset CLUSTER_WORKERS_COUNT');
+  }
   if (c.previousSecret !== null && c.secret === null) {
     throw new ConfigError('CLUSTER_SECRET_PREVIOUS', '<redacted>', 'set CLUSTER_SECRET too: the previous secret only verifies, the current one signs');
   }

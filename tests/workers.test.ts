@@ -45,11 +45,13 @@ function getJson(url: string): Promise<{ stats: Stats }> {
 describe('workers: pieces', () => {
   it('parses CLUSTER_WORKERS_COUNT and CLUSTER_WORKER_ID, naming the variable and the fix', () => {
     assert.equal(parseConfig({}, {}).workersCount, 0);
-    assert.equal(parseConfig({}, { CLUSTER_WORKERS_COUNT: '3' }).workersCount, 3);
-    assert.ok(parseConfig({}, { CLUSTER_WORKERS_COUNT: 'auto' }).workersCount >= 1);
+    const D = { CLUSTER_DISCOVERY_URL: 'mongodb://127.0.0.1:27017/x' };
+    assert.equal(parseConfig({}, { ...D, CLUSTER_WORKERS_COUNT: '3' }).workersCount, 3);
+    assert.ok(parseConfig({}, { ...D, CLUSTER_WORKERS_COUNT: 'auto' }).workersCount >= 1);
+    assert.throws(() => parseConfig({}, { CLUSTER_WORKERS_COUNT: '2' }), /CLUSTER_WORKERS_COUNT=2 is invalid: set CLUSTER_DISCOVERY_URL too/);
     assert.throws(() => parseConfig({}, { CLUSTER_WORKERS_COUNT: 'many' }), /CLUSTER_WORKERS_COUNT="many" is invalid: use auto/);
     assert.throws(() => parseConfig({}, { CLUSTER_WORKERS_COUNT: '-1' }), /CLUSTER_WORKERS_COUNT/);
-    const c = parseConfig({ instanceId: 'web-1', endpointUrl: 'http://10.0.0.5:3000', selfWeight: 0 }, { CLUSTER_WORKERS_COUNT: '2' });
+    const c = parseConfig({ instanceId: 'web-1', endpointUrl: 'http://10.0.0.5:3000', selfWeight: 0 }, { ...D, CLUSTER_WORKERS_COUNT: '2' });
     assert.deepEqual(roleOf(c, {}), { kind: 'primary', count: 2 });
     assert.deepEqual(roleOf(c, { CLUSTER_WORKER_ID: '2' }), { kind: 'worker', index: 2 });
     assert.throws(() => roleOf(c, { CLUSTER_WORKER_ID: 'x' }), /CLUSTER_WORKER_ID="x" is invalid: leave it unset/);
@@ -109,7 +111,8 @@ describe('workers: one port, 2 worker processes (CLUSTER_WORKERS_COUNT=2)', func
       CLUSTER_DRAIN_WINDOW: '1s', CLUSTER_SLOW_START: '0', CLUSTER_LOG_LEVEL: 'info',
     });
     url = primary.url;
-    await waitForEvent(watcher, 'view', () => IDS.every((id) => serving(watcher.view(), id)), 'primary and 2 workers serving', 60_000);
+    await waitForEvent(watcher, 'view', () => IDS.every((id) => serving(watcher.view(), id)), 'primary and 2 workers serving', 60_000)
+      .catch((err: unknown) => { throw new Error(`${String(err)}: ${JSON.stringify(watcher.view().members.map((m) => [m.id, m.state, m.healthy]))}\n${primary.logs.slice(-20).map((l) => l.line).join('\n')}`); });
     await primarySeesAll();
   });
 

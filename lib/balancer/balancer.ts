@@ -69,6 +69,8 @@ export interface BalancerDeps {
   readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
   /** A new session was just routed: peers' load figures are worth refreshing. */
   readonly routedNew?: () => void;
+  /** Issue 14: this request's connection was handed here by the primary, which routed it here: serve it. */
+  readonly chosenHere?: (req: RequestLike) => boolean;
 }
 
 /** New sessions may be retried on another member at most this many times. */
@@ -323,7 +325,8 @@ export class Balancer {
       state: {
         // Trusted hops are served here; so are unsigned ones in a cluster without a secret and
         // expired ones (clock skew), which could otherwise bounce between peers.
-        hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired')),
+        hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired'))
+          || (this.#d.chosenHere?.(req) ?? false),
         pending: (id) => {
           const m = view.byId.get(id);
           return m ? this.#pending.count(id, this.report(m), now) : 0;

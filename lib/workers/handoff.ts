@@ -185,11 +185,14 @@ function isConnection(m: unknown): m is ConnectionMessage {
 /**
  * In a worker: connections the primary hands over join this server as if accepted here, with the
  * bytes the primary already read replayed first. Returns a function that stops accepting them.
+ * `chosen` holds each handed-over socket until its first request is routed: the primary already
+ * chose this worker for it (Balancer `chosenHere`); later requests on the connection route as usual.
  */
-export function acceptHandoffs(server: Server, onAccepted?: () => void): () => void {
+export function acceptHandoffs(server: Server, chosen: WeakSet<Socket>, onAccepted?: () => void): () => void {
   const onMessage = (m: unknown, socket?: unknown): void => {
     if (!isConnection(m) || socket === undefined || socket === null) return;
     const s = socket as Socket;
+    chosen.add(s);
     server.emit('connection', s);
     s.emit('data', Buffer.from(m.head, 'base64'));
     s.resume();

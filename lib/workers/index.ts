@@ -4,6 +4,7 @@
  * when it asks (or when it is gone). A process without workers gets a no-op.
  */
 import type { Server } from 'node:http';
+import type { Socket } from 'node:net';
 import type { ClusterConfig } from '../config';
 import type { Member } from '../discovery/view';
 import type { Logger } from '../log';
@@ -37,6 +38,11 @@ export interface WorkersStats {
 
 export interface WorkersRole {
   readonly role: Role;
+  /**
+   * For the balancer (BalancerDeps.chosenHere): true once for the first request of a connection
+   * the primary handed to this worker, which it routed here already.
+   */
+  chosenHere(req: object): boolean;
   stats(): WorkersStats;
   /** Primary: drains every worker and waits for them to exit. */
   drain(): Promise<void>;
@@ -59,12 +65,13 @@ export function startWorkersRole(d: WorkersDeps): WorkersRole {
   const role = roleOf(d.config, d.env);
   if (role.kind === 'worker') return workerRole(d, role.index);
   if (role.kind === 'primary') return primaryRole(d, role.count);
-  return { role, stats: () => ({ role: 'single' }), drain: () => Promise.resolve(), close: () => Promise.resolve() };
+  return { role, chosenHere: () => false, stats: () => ({ role: 'single' }), drain: () => Promise.resolve(), close: () => Promise.resolve() };
 }
 
 function workerRole(d: WorkersDeps, index: number): WorkersRole {
   let received = 0;
-  const stopAccepting = acceptHandoffs(d.server, () => void received++);
+  const chosen = new WeakSet<Socket>();
+  const stopAccepting = acceptHandoffs(d.server, chosen, () => void received++);
   let leaving = false;
   // Asked by the primary, or the primary is gone: drain like on SIGTERM, then end this process
   // through its own SIGTERM handling (the app's shutdown runs; drainOnSignals finds the drain done).
@@ -82,6 +89,10 @@ function workerRole(d: WorkersDeps, index: number): WorkersRole {
   process.on('disconnect', onDisconnect);
   return {
     role: { kind: 'worker', index },
+    chosenHere(req) {
+      const socket = (req as { socket?: Socket }).socket;
+      return socket !== undefined && chosen.delete(socket);
+    },
     stats: () => ({ role: 'worker', index, received }),
     drain: () => Promise.resolve(),
     async close() {
@@ -129,6 +140,7 @@ function primaryRole(d: WorkersDeps, count: number): WorkersRole {
   logger.info('workers.primary', { count });
   return {
     role: { kind: 'primary', count },
+    chosenHere: () => false,
     stats: () => ({ role: 'primary', workers: pool?.workers() ?? [], ...(handoff && { handoff: handoff.stats() }) }),
     drain: () => pool?.drain() ?? Promise.resolve(),
     async close() {

@@ -8,6 +8,7 @@
  * Options fall back to the instances' own variables (CLUSTER_DISCOVERY_URL, CLUSTER_SECRET,
  * CLUSTER_COLLECTION): prefer them for secrets, which would otherwise show in `ps`.
  */
+import { byMachine } from './workers/group';
 import { userInfo, hostname } from 'node:os';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { MongoClient } from 'mongodb';
@@ -162,7 +163,7 @@ async function status(o: Common & { json?: boolean }, io: CliIo): Promise<number
   const { registry, view, ignored } = await look(config, o.timeout);
   await registry.close();
   const now = Date.now();
-  const members = view.members.map((m) => apiMember(m, now, null));
+  const members = byMachine(view.members).map((m) => apiMember(m, now, null));
   const healthy = members.filter((m) => m.healthy);
   const totals = {
     members: members.length, healthy: healthy.length,
@@ -184,11 +185,11 @@ async function status(o: Common & { json?: boolean }, io: CliIo): Promise<number
 }
 
 function table(members: readonly ApiMember[], now: number): string {
-  const head = ['ID', 'SERVICE', 'STATE', 'HEALTH', 'SESSIONS', 'CAPACITY', 'ELU', 'DELAY', 'CPU', 'RSS', 'UPTIME', 'VERSION', 'HEARTBEAT', 'ENDPOINT'];
+  const head = ['ID', 'SERVICE', 'STATE', 'HEALTH', 'SESSIONS', 'CAPACITY', 'ELU', 'DELAY', 'CPU', 'RSS', 'UPTIME', 'VERSION', 'HEARTBEAT', 'HOST', 'ENDPOINT'];
   const rows = members.map((m) => [
     m.id, m.service, m.state, m.healthy ? 'up' : 'DOWN', String(m.sessions), String(m.capacity),
     `${Math.round(m.elu * 100)}%`, `${m.delayMs.toFixed(1)}ms`, `${Math.round(m.cpu * 100)}%`, `${Math.round(m.rss / 1048576)}MB`,
-    duration(now - m.startedAt), `${m.appVersion ?? '-'}/${m.pkgVersion}`, `${(m.heartbeatAgeMs / 1000).toFixed(1)}s`,
+    duration(now - m.startedAt), `${m.appVersion ?? '-'}/${m.pkgVersion}`, `${(m.heartbeatAgeMs / 1000).toFixed(1)}s`, m.host,
     m.endpoint + (m.balancer ? ` (balancer ${m.balancer})` : ''),
   ]);
   const right = new Set([4, 5, 6, 7, 8, 9, 10, 12]);

@@ -10,6 +10,7 @@
  * API and metrics take the session cookie or HTTP Basic (any user name, the dashboard password).
  * `<path>/health` is answered by attach() itself, without authentication.
  */
+import { byMachine } from '../workers/group';
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ClusterConfig } from '../config';
@@ -219,7 +220,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
         sessions: healthy.reduce((s, m) => s + m.load.sessions, 0),
         capacity: healthy.reduce((s, m) => s + m.load.capacity, 0),
       },
-      members: view.members.map((m) => apiMember(m, now, h?.[m.id] ?? null)),
+      members: byMachine(view.members).map((m) => apiMember(m, now, h?.[m.id] ?? null)),
       duplicates: view.duplicates,
       stats,
       historyIntervalMs: HISTORY_INTERVAL_MS,

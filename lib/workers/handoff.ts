@@ -79,15 +79,20 @@ export function installHandoff(server: Server, o: HandoffOptions): { stats: () =
   const timeoutMs = o.headTimeoutMs ?? HEAD_TIMEOUT_MS;
 
   /** Gives the connection to this process's server, with the bytes already read in front. */
-  const keep = (socket: Socket, buf: Buffer | null): void => {
+  const keep = (socket: Socket, buf: Buffer): void => {
     stats.kept++;
     for (const l of own) l.call(server, socket);
-    if (buf !== null && buf.length > 0) socket.emit('data', buf);
+    if (buf.length > 0) socket.emit('data', buf);
     socket.resume();
   };
 
   const onConnection = (socket: Socket): void => {
-    if (!o.anyUp()) return keep(socket, null);
+    // No worker to hand to (starting, all restarting): the server takes the connection untouched.
+    if (!o.anyUp()) {
+      stats.kept++;
+      for (const l of own) l.call(server, socket);
+      return;
+    }
     let buf: Buffer = Buffer.alloc(0);
     let done = false;
     const finish = (): void => {

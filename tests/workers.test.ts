@@ -11,6 +11,7 @@ import { Registry } from '../lib/discovery/registry';
 import type { MembershipView } from '../lib/discovery/view';
 import { EMPTY_LOAD } from '../lib/load';
 import { createLogger } from '../lib/log';
+import { endpointHash } from '../lib/sign';
 import { parseHead } from '../lib/workers/handoff';
 import { roleOf, workerConfig, workerEndpoint, workerInstanceId } from '../lib/workers/role';
 import { TEST_SECRET, freePort, spawnInstance, type ChildInstance } from './support/cluster';
@@ -192,6 +193,38 @@ describe('workers: one port, 2 worker processes (CLUSTER_WORKERS_COUNT=2)', func
     } finally {
       agent.destroy();
     }
+  });
+
+  it('answers sockjs info in the worker it pins the session to: a kept-alive client then talks to that worker alone', async () => {
+    const workers = (await stats()).workers.workers ?? [];
+    const byHash = new Map(workers.map((w) => [endpointHash(`http://127.0.0.1:${w.port}`), w]));
+    const hopsBefore = await Promise.all(workers.map(async (w) => (await stats(w.port)).hopsIn));
+    const pinnedTo: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        const req = (method: string, target: string): Promise<{ status: number; body: string }> => new Promise((resolve, reject) => {
+          http.request(target, { method, agent }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+          }).on('error', reject).end();
+        });
+        const info = JSON.parse((await req('GET', `${url}/sockjs/info`)).body) as { base_url?: string };
+        const hash = /\/cluster-ddp\/([0-9a-f]+)\//.exec(info.base_url ?? '')?.[1] ?? '';
+        const worker = byHash.get(hash);
+        pinnedTo.push(worker?.instanceId ?? (hash ? 'm' : 'unpinned'));
+        if (worker === undefined) continue;
+        // The session's first poll, on the same kept-alive connection: the worker serves it itself.
+        const opened = await req('POST', `${info.base_url}/123/info${i}abcd/xhr`);
+        assert.equal(opened.body, 'o\n', `opened on ${worker.instanceId}`);
+      } finally {
+        agent.destroy();
+      }
+    }
+    assert.ok(pinnedTo.some((id) => id.startsWith('m-w')), `info pinned sessions to the workers: ${pinnedTo.join()}`);
+    const hopsAfter = await Promise.all(workers.map(async (w) => (await stats(w.port)).hopsIn));
+    assert.deepEqual(hopsAfter, hopsBefore, 'no hop into a worker');
   });
 
   it('kill -9 of a worker: only its sessions drop, it is restarted and takes sessions again', async () => {

@@ -222,14 +222,19 @@ export class Balancer {
    */
   decideHead(head: { method: string; url: string; headers: Record<string, string> }, accept: (member: Member) => boolean): Member | null {
     if (head.headers[HOP_HEADER] !== undefined) return null;
-    const facts = classify(head.url, this.#classifyOptions);
-    if (facts.kind !== 'transport' && facts.kind !== 'raw-websocket' && facts.kind !== 'sockjs-other') return null;
+    let facts = classify(head.url, this.#classifyOptions);
+    // As attach's request handler: only GET info is answered by the balancer.
+    if (facts.kind === 'info' && head.method !== 'GET') facts = { ...facts, kind: 'sockjs-other' };
+    if (facts.kind === 'page' || facts.kind === 'malformed' || facts.kind === 'dashboard' || facts.kind === 'health') return null;
     const req = { headers: head.headers } as unknown as IncomingMessage;
     if (!this.originAllowed(req)) return null;
     this.#ownerAtStart.set(req, facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null);
     const d = this.route(req, facts, { kind: 'none' }, new Set());
-    if (d.action !== 'proxy' || !accept(d.member)) return null;
-    this.remember(facts, d, d.member);
+    if ((d.action !== 'proxy' && d.action !== 'pin') || !accept(d.member)) return null;
+    // sockjs info pinned to a worker: that worker answers it, pinning the session to itself, so
+    // the client's kept-alive connection carries the session's requests to their member directly.
+    if (d.action === 'pin') this.newSession(d.member);
+    else this.remember(facts, d, d.member);
     return d.member;
   }
   // ---- end issue 14
@@ -318,6 +323,9 @@ export class Balancer {
   private route(req: RequestLike, facts: DdpFacts | { kind: 'page' }, hop: HopCheck, excluded: Set<string>): Decision {
     const view = this.#d.view();
     const now = Date.now();
+    // Issue 14: the primary routed this connection's first request here already.
+    const chosen = this.#d.chosenHere?.(req) ?? false;
+    if (chosen && facts.kind === 'info' && view.self !== null) return { action: 'pin', member: view.self, reason: 'pinned endpoint' };
     return route({
       facts,
       view,
@@ -326,7 +334,7 @@ export class Balancer {
         // Trusted hops are served here; so are unsigned ones in a cluster without a secret and
         // expired ones (clock skew), which could otherwise bounce between peers.
         hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#d.keys === null || hop.reason === 'expired'))
-          || (this.#d.chosenHere?.(req) ?? false),
+          || chosen,
         pending: (id) => {
           const m = view.byId.get(id);
           return m ? this.#pending.count(id, this.report(m), now) : 0;

@@ -217,8 +217,9 @@ export class Balancer {
    * Where a request head read off a new connection goes, when that is a member `accept`s (one of
    * this machine's workers): counted as routed there (pending load, session table) exactly like a
    * proxied request. Null: this process handles the connection as usual (serves, answers, proxies).
-   * Requests with a hop header, refused origins, sockjs info, pages and the health and dashboard
-   * routes always stay here.
+   * A sockjs info pinned to such a member goes there too (it answers, pinning the session to
+   * itself). Requests with a hop header, refused origins, pages and the health and dashboard routes
+   * always stay here.
    */
   decideHead(head: { method: string; url: string; headers: Record<string, string> }, accept: (member: Member) => boolean): Member | null {
     if (head.headers[HOP_HEADER] !== undefined) return null;

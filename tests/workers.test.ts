@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { parseConfig } from '../lib/config';
 import { dashboardPasswordFrom } from '../lib/dashboard/auth';
 import { Registry } from '../lib/discovery/registry';
@@ -24,7 +25,7 @@ interface WorkerInfo { index: number; instanceId: string; port: number; pid: num
 interface Stats {
   hopsIn: number;
   healthyMembers: number;
-  workers: { role: string; workers?: WorkerInfo[]; handoff?: { handedOff: number; kept: number }; received?: number };
+  workers: { role: string; workers?: WorkerInfo[]; handoff?: { handedOff: number; kept: number; unparsed: number }; received?: number };
 }
 
 const IDS = ['m', 'm-w1', 'm-w2'];
@@ -225,6 +226,37 @@ describe('workers: one port, 2 worker processes (CLUSTER_WORKERS_COUNT=2)', func
     assert.ok(pinnedTo.some((id) => id.startsWith('m-w')), `info pinned sessions to the workers: ${pinnedTo.join()}`);
     const hopsAfter = await Promise.all(workers.map(async (w) => (await stats(w.port)).hopsIn));
     assert.deepEqual(hopsAfter, hopsBefore, 'no hop into a worker');
+  });
+
+  it('serves a malformed, oversized or slow first request in the primary, whose HTTP server answers it', async () => {
+    const raw = (bytes: string): Promise<string> => new Promise((resolve, reject) => {
+      const socket = net.connect(port, '127.0.0.1', () => socket.write(bytes));
+      let got = '';
+      socket.on('data', (d: Buffer) => void (got += d.toString('latin1')));
+      socket.on('close', () => resolve(got));
+      socket.on('error', reject);
+      socket.setTimeout(10_000, () => socket.destroy());
+    });
+    const before = (await stats()).workers.handoff;
+    assert.match(await raw('NOT A REQUEST\r\n\r\n'), /^HTTP\/1\.1 400 /);
+    assert.match(await raw(`GET /websocket HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`), /^HTTP\/1\.1 431 /);
+    // A head that doesn't arrive within 2 s: given to the primary's server as it is, which answers once it completes.
+    const slow = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(port, '127.0.0.1', () => socket.write('GET /sockjs/info HTTP/1.1\r\nHost: x\r\n'));
+      let got = '';
+      socket.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        if (got.includes('\r\n\r\n')) socket.destroy();
+      });
+      socket.on('close', () => resolve(got));
+      socket.on('error', reject);
+      void eventually(async () => ((await stats()).workers.handoff?.unparsed ?? 0) >= (before?.unparsed ?? 0) + 3, 'the slow head given up on', 10_000, 200)
+        .then(() => socket.write('\r\n'), reject);
+    });
+    assert.match(slow, /^HTTP\/1\.1 200 /);
+    const after = (await stats()).workers.handoff;
+    assert.equal(after?.handedOff, before?.handedOff, 'none of them went to a worker');
+    assert.ok((after?.unparsed ?? 0) >= (before?.unparsed ?? 0) + 3, JSON.stringify({ before, after }));
   });
 
   it('kill -9 of a worker: only its sessions drop, it is restarted and takes sessions again', async () => {

@@ -115,8 +115,10 @@ export function installHandoff(server: Server, o: HandoffOptions): { stats: () =
     };
     const onData = (chunk: Buffer): void => {
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
-      if (buf.indexOf(END) === -1) {
-        if (buf.length <= maxBytes) return;
+      const end = buf.indexOf(END);
+      if (end === -1 || end > maxBytes) {
+        if (end === -1 && buf.length <= maxBytes) return;
+        // Too long to route: here, where the server answers it (431 past its maxHeaderSize).
         finish();
         stats.unparsed++;
         return keep(socket, buf);

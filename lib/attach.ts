@@ -21,6 +21,7 @@ import type { ProxiedPoll } from './balancer/polls';
 import { logEvents, publish } from './events';
 import { Membership } from './membership';
 import type { ClusterStats, MemberState } from './outcomes';
+import { startWorkersRole, workerConfig, type WorkersOptions, type WorkersRole } from './workers';
 
 export interface AttachOptions extends ClusterOptions {
   /** Live DDP sessions on this instance (Meteor: `Meteor.server.sessions.size`). */
@@ -40,6 +41,8 @@ export interface AttachOptions extends ClusterOptions {
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Uniform random in [0, 1) for the power-of-two-choices pick; for deterministic tests. */
   readonly random?: () => number;
+  /** CLUSTER_WORKERS_COUNT: worker ports and program; see README "Every core: workers". */
+  readonly workers?: WorkersOptions;
 }
 
 export type { ClusterStats } from './outcomes';
@@ -76,7 +79,9 @@ type UpgradeListener = (req: IncomingMessage, socket: Socket, head: Buffer) => v
 const MAINTAIN_EVERY_MS = 5_000;
 
 export function attach(server: Server, options: AttachOptions = {}): ClusterHandle {
-  const config = parseConfig(options, options.env ?? process.env);
+  const env = options.env ?? process.env;
+  // A worker (CLUSTER_WORKER_ID) takes the id, endpoint and weight its primary assigned.
+  const config = workerConfig(parseConfig(options, env), env);
   const logger = options.logger ?? createLogger(config.logLevel, { instance: config.instanceId });
   warnAboutSetup(config, logger);
   // The lifecycle events (events.ts) this instance publishes: its logger is one subscriber.
@@ -93,7 +98,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     return {
       ...gateway.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
       members: view.members.length, healthyMembers: view.members.filter((m) => m.healthy).length, discoveryOk: view.discoveryOk,
-      health: membership.health(), discoveryRttMs: membership.rttMs, rebalance: rebalancer.stats(),
+      health: membership.health(), discoveryRttMs: membership.rttMs, rebalance: rebalancer.stats(), workers: workers.stats(),
     };
   };
   const dashboard = createDashboard({ config, logger, view: () => membership.view(), stats, on: (event, listener) => membership.on(event, listener) });
@@ -104,6 +109,8 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     servedPoll: (sessionId, res) => res.once('finish', () => {
       if (res.statusCode < 400) local.polled(sessionId, Date.now());
     }),
+    // A connection the primary handed to this worker: its first request was routed here already.
+    chosenHere: (req) => workers.chosenHere(req),
   });
   app.install(gateway.request, gateway.upgrade);
   const rebalancer = new Rebalancer({
@@ -126,22 +133,31 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   let draining: Promise<DrainReport> | null = null;
   const drain = (o: { windowMs?: number } = {}): Promise<DrainReport> => {
     // Idempotent: a CLI drain followed by SIGTERM is one paced drain, not two at twice the rate.
-    draining ??= drainHere({
+    draining ??= withWorkers(drainHere({
       config, membership, closer, windowMs: o.windowMs ?? config.drainWindowMs, tunnels: gateway.tunnels(), polls: gateway.proxiedPolls(),
       sessions: liveSessions,
-    });
+    }), workers, logger);
     return draining;
   };
   // `ddp-cluster drain <id>`: drain like on SIGTERM, but stay up (draining) for the operator to stop.
   membership.on('drainRequested', () => {
     if (membership.state !== 'draining') void drain().catch((err: unknown) => logger.error('drain.failed', { error: err }));
   });
+  // CLUSTER_WORKERS_COUNT: the primary starts its workers and hands them connections; a worker takes them.
+  const workers = startWorkersRole({
+    server, config, env, logger, options: options.workers,
+    decideHead: (head, accept) => gateway.decideHead(head, accept),
+    drainSelf: async () => {
+      await drain();
+      await handle.close();
+    },
+  });
   membership.start();
   rebalancer.start();
   logger.info('cluster.attached', { config: redactedConfig(config) });
 
   let closed: Promise<void> | null = null;
-  return {
+  const handle: ClusterHandle = {
     config, logger, stats, drain,
     view: () => membership.view(),
     ready: () => membership.ready(),
@@ -156,6 +172,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
         closer.stop();
         server.off('listening', serving);
         app.restore();
+        await workers.close();
         gateway.close();
         dashboard.close();
         await membership.close();
@@ -165,6 +182,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
       return closed;
     },
   };
+  return handle;
 }
 
 /** Misconfigurations that still run, said once at startup. */
@@ -255,6 +273,18 @@ function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOv
       installed = null;
     },
   };
+}
+
+/**
+ * A primary's workers drain alongside this process (each paced over its own window): the drain is
+ * done when this one is and every worker has exited. Without workers, the drain itself.
+ */
+function withWorkers(here: Promise<DrainReport>, workers: WorkersRole, logger: Logger): Promise<DrainReport> {
+  const workersDrained = workers.drain().catch((err: unknown) => logger.error('workers.drain_failed', { error: err }));
+  return here.then(async (report) => {
+    await workersDrained;
+    return report;
+  });
 }
 
 /**

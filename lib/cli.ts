@@ -21,6 +21,7 @@ import { EMPTY_LOAD } from './load';
 import { createLogger } from './log';
 import { ClusterError } from './outcomes';
 import { PACKAGE_VERSION } from './version';
+import { byMachine } from './workers/group';
 
 export interface CliIo {
   readonly out: (text: string) => void;
@@ -164,7 +165,7 @@ async function status(o: Common & { json?: boolean }, io: CliIo): Promise<number
   const { registry, view, ignored } = await look(config, o.timeout);
   await registry.close();
   const now = Date.now();
-  const members = view.members.map((m) => apiMember(m, now, null));
+  const members = byMachine(view.members).map((m) => apiMember(m, now, null));
   const healthy = members.filter((m) => m.healthy);
   const totals = {
     members: members.length, healthy: healthy.length,
@@ -186,11 +187,11 @@ async function status(o: Common & { json?: boolean }, io: CliIo): Promise<number
 }
 
 function table(members: readonly ApiMember[], now: number): string {
-  const head = ['ID', 'SERVICE', 'STATE', 'HEALTH', 'SESSIONS', 'CAPACITY', 'ELU', 'DELAY', 'CPU', 'RSS', 'UPTIME', 'VERSION', 'HEARTBEAT', 'ENDPOINT'];
+  const head = ['ID', 'SERVICE', 'STATE', 'HEALTH', 'SESSIONS', 'CAPACITY', 'ELU', 'DELAY', 'CPU', 'RSS', 'UPTIME', 'VERSION', 'HEARTBEAT', 'HOST', 'ENDPOINT'];
   const rows = members.map((m) => [
     m.id, m.service, m.state, m.healthy ? 'up' : 'DOWN', String(m.sessions), String(m.capacity),
     `${Math.round(m.elu * 100)}%`, `${m.delayMs.toFixed(1)}ms`, `${Math.round(m.cpu * 100)}%`, `${Math.round(m.rss / 1048576)}MB`,
-    duration(now - m.startedAt), `${m.appVersion ?? '-'}/${m.pkgVersion}`, `${(m.heartbeatAgeMs / 1000).toFixed(1)}s`,
+    duration(now - m.startedAt), `${m.appVersion ?? '-'}/${m.pkgVersion}`, `${(m.heartbeatAgeMs / 1000).toFixed(1)}s`, m.host,
     m.endpoint + (m.balancer ? ` (balancer ${m.balancer})` : ''),
   ]);
   const right = new Set([4, 5, 6, 7, 8, 9, 10, 12]);

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { NAME_PATTERN } from './names';
 import { ClusterError } from './outcomes';
 
@@ -59,6 +60,11 @@ export interface ClusterConfig {
    * X-Forwarded-*. 0: those headers are ignored.
    */
   readonly forwardedCount: number;
+  /**
+   * CLUSTER_WORKERS_COUNT (issue 14): worker processes this process starts and hands connections
+   * to (lib/workers); 0 = none. `auto` in the environment is os.availableParallelism().
+   */
+  readonly workersCount: number;
 }
 
 /** What callers may pass in JS; every field is optional and wins over the environment. */
@@ -308,6 +314,18 @@ const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } =
       return Object.freeze(origins.map((o) => o.replace(/\/+$/, '')));
     },
   },
+  workersCount: {
+    env: 'CLUSTER_WORKERS_COUNT',
+    parse(raw, show) {
+      const v = raw.trim().toLowerCase();
+      if (v === 'auto') return availableParallelism();
+      const n = Number(v);
+      if (v === '' || !Number.isInteger(n) || n < 0 || n > 256) {
+        fail(FIELDS.workersCount, show, 'use auto (one worker per available core), a whole number from 0 to 256, or 0/unset for none');
+      }
+      return n;
+    },
+  },
   appVersion: {
     env: 'CLUSTER_APP_VERSION',
     parse: (raw, show) => {
@@ -379,6 +397,7 @@ function defaults(): ClusterConfig {
     rebalanceToleranceSessions: 10,
     rebalanceMinAgeMs: 60_000,
     allowedOrigins: Object.freeze([]),
+    workersCount: 0,
   };
 }
 
@@ -419,6 +438,10 @@ function validate(c: ClusterConfig): ClusterConfig {
   if (c.staleMs < 2 * c.heartbeatMs) {
     throw new ConfigError('CLUSTER_STALE_HORIZON', String(c.staleMs),
       `use at least twice CLUSTER_HEARTBEAT_INTERVAL (${c.heartbeatMs} ms), e.g. ${3 * c.heartbeatMs}`);
+  }
+  if (c.workersCount > 0 && c.discoveryUrl === null) {
+    throw new ConfigError('CLUSTER_WORKERS_COUNT', String(c.workersCount),
+      'set CLUSTER_DISCOVERY_URL too: each worker is a cluster member, found through the registry (the app\'s MONGO_URL works), or unset CLUSTER_WORKERS_COUNT');
   }
   if (c.previousSecret !== null && c.secret === null) {
     throw new ConfigError('CLUSTER_SECRET_PREVIOUS', '<redacted>', 'set CLUSTER_SECRET too: the previous secret only verifies, the current one signs');

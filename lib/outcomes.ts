@@ -146,6 +146,40 @@ export interface RebalanceStats {
   readonly events: readonly RebalanceEvent[];
 }
 
+/** One of a primary's worker processes (CLUSTER_WORKERS_COUNT, lib/workers/primary.ts). */
+export interface WorkerInfo {
+  readonly index: number;
+  readonly instanceId: string;
+  readonly port: number;
+  readonly pid: number | null;
+  readonly up: boolean;
+  readonly restarts: number;
+}
+
+/** A primary's connection handoff counters (lib/workers/handoff.ts). */
+export interface HandoffStats {
+  /** Connections passed to a worker. */
+  handedOff: number;
+  /** Connections served (or proxied) by this process. */
+  kept: number;
+  /** Heads that did not parse, were too long or too slow: served here. */
+  unparsed: number;
+  /** Sends to a worker that failed (served here instead). */
+  sendFailed: number;
+}
+
+/** CLUSTER_WORKERS_COUNT: this process's role, its workers (primary) and handoff counts (lib/workers). */
+export interface WorkersStats {
+  readonly role: 'single' | 'primary' | 'worker';
+  /** Worker: its number (CLUSTER_WORKER_ID). */
+  readonly index?: number;
+  /** Primary: its workers. */
+  readonly workers?: readonly WorkerInfo[];
+  readonly handoff?: HandoffStats;
+  /** Worker: connections received from the primary. */
+  readonly received?: number;
+}
+
 /** `cluster.stats()`: the balancer's counters plus this member's view of the cluster. */
 export interface ClusterStats extends BalancerStats {
   readonly instanceId: string;
@@ -159,6 +193,8 @@ export interface ClusterStats extends BalancerStats {
   readonly discoveryOk: boolean;
   /** Active rebalancing (lib/rebalancer.ts): state, sessions moved and drained, recent events. */
   readonly rebalance: RebalanceStats;
+  /** CLUSTER_WORKERS_COUNT: this process's role, its workers (primary) and handoff counts. */
+  readonly workers: WorkersStats;
 }
 
 // ---------------------------------------------------------------------------------------------

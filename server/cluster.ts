@@ -143,6 +143,12 @@ export class MeteorCluster implements ClusterApi {
     }
     const { WebApp } = this.#meteor.webapp;
     const { Meteor } = this.#meteor.meteor;
+    // CLUSTER_WORKERS_COUNT (issue 14): the bundle's main.js runs again as each worker; attach()
+    // finds its role. Not under `meteor run`, which restarts the server on every change.
+    if (env.METEOR_PARENT_PID && config.workersCount > 0) {
+      createLogger(config.logLevel).info('workers.off_in_development', { note: 'meteor run: CLUSTER_WORKERS_COUNT is ignored, one process serves' });
+      js.workersCount = 0;
+    }
     const handle = attach(WebApp.httpServer, {
       ...js, instanceId: config.instanceId, env,
       sessionCount: () => Meteor.server.sessions.size,

@@ -399,6 +399,57 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
     });
   });
 
+  describe('workers: one instance with CLUSTER_WORKERS_COUNT=2 (one port, connections handed to the workers)', () => {
+    let proc: MeteorProcess;
+    let context: BrowserContext;
+    const clients: WsDdpClient[] = [];
+
+    before(async function () {
+      this.timeout(180_000);
+      const port = await freePort();
+      const db = uniqueDbUrl(mongo().url, 'm_workers');
+      proc = await startBundle(web, 'wk', port, { ...memberEnv(db, 'workers', port), CLUSTER_WORKERS_COUNT: '2', CLUSTER_SLOW_START: '0' });
+      await waitServing([proc], ['wk', 'wk-w1', 'wk-w2']);
+      context = await browser.newContext();
+    });
+
+    after(async () => {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      await context?.close().catch(() => undefined);
+      await proc?.kill('SIGKILL');
+    });
+
+    it('serves pages and DDP sessions from the one port in the primary and both workers, clientAddress exact', async () => {
+      const by: string[] = [];
+      for (let i = 0; i < 9; i++) {
+        const c = await wsDdp(proc.url, { localAddress: CLIENT_IP });
+        clients.push(c);
+        const w = (await c.call('whoami')) as Whoami;
+        assert.equal(w.clientAddress, CLIENT_IP, `clientAddress on ${w.instance}`);
+        by.push(w.instance);
+      }
+      figures.workersWsByInstance = by;
+      assert.ok(by.includes('wk-w1') && by.includes('wk-w2'), `sessions on both workers: ${by.join()}`);
+      const pages = [await openPage(context, proc.url), await openPage(context, proc.url), await openPage(context, proc.url)];
+      const served = await Promise.all(pages.map((p) => whoami(p)));
+      await Promise.all(pages.map((p, i) => publishedInstance(p, (served[i] as Whoami).instance)));
+      figures.workersPagesByInstance = served.map((w) => w.instance);
+      assert.deepEqual(pages.flatMap((p) => p.errors), [], 'no page errors');
+      assert.ok(served.every((w) => w.clientAddress === '127.0.0.1'), `clientAddress: ${served.map((w) => w.clientAddress).join()}`);
+    });
+
+    it('SIGTERM drains the primary and both workers, then exits', async () => {
+      const at = Date.now();
+      proc.proc.kill('SIGTERM');
+      const exit = await proc.exited;
+      figures.workersSigtermExit = { ...exit, ms: Date.now() - at };
+      assert.ok(exit.signal === 'SIGTERM' || exit.code === 143 || exit.code === 0, `exits after its drain: ${JSON.stringify(exit)}`);
+      await Promise.all(clients.map((c) => c.closed));
+      assert.ok(proc.logs.some((l) => /"event":"drain\.done","instance":"wk-w1"/.test(l.line)), `wk-w1 drained:\n${proc.tail()}`);
+      assert.ok(proc.logs.some((l) => /"event":"drain\.done","instance":"wk-w2"/.test(l.line)), `wk-w2 drained:\n${proc.tail()}`);
+    });
+  });
+
   describe('meteor run (development mode)', () => {
     it('starts examples/meteor-app and serves a DDP session through the balancer', async function () {
       this.timeout(15 * 60_000);

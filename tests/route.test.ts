@@ -173,6 +173,18 @@ describe('route', () => {
       }
     });
 
+    it('serves a connection the primary handed to this worker; its sockjs info pins the session here (CLUSTER_WORKERS_COUNT)', () => {
+      // The view would send every new session elsewhere: the primary's decision stands.
+      const v = view(me('m-w1', { sessions: 90 }), peer('m'), peer('m-w2'));
+      for (const url of ['/sockjs/1/s/xhr', '/websocket', '/sockjs/1/s/websocket', '/sockjs/iframe.html']) {
+        assert.deepEqual(decide(url, v, { handed: true }), { action: 'serve', reason: 'hop from a peer', newSession: false }, url);
+      }
+      const info = decide('/sockjs/info', v, { handed: true });
+      assert.equal(where(info), 'pin:m-w1');
+      assert.equal(info.reason, 'pinned endpoint');
+      assert.equal(where(decide('/sockjs/info', v)), 'pin:m', 'not handed: the least loaded');
+    });
+
     it('serves everything here when not clustered (no service, no ui service, no self)', () => {
       const v = view(null);
       for (const url of ['/sockjs/info', '/sockjs/1/s/xhr', '/websocket', '/sockjs/iframe.html']) {

@@ -23,7 +23,7 @@ import { UpgradeExchange, WebExchange, type Exchange, type ServeRequest, type Se
 import { HOP_HEADER, ReplayGuard, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, pinnedPath, sendInfo } from './info';
 import { Forwarder, type ProxyAttempt, type Tunnel } from './proxy';
-import { RETRY_POLICY, hasBody, isRefusal, retryVerdict } from './retry';
+import { RETRY_POLICY, isRefusal, retryVerdict } from './retry';
 import { door, route, type Balanced, type Decision, type DoorDecision, type RoutePolicy } from './route';
 import { ProxiedPolls, type ProxiedPoll } from './polls';
 import { SessionTable } from './sessions';
@@ -53,6 +53,19 @@ export interface GatewayDeps {
   readonly dashboard: (req: IncomingMessage, res: ServerResponse, sub: string) => void;
   /** A polling request of `sessionId` is served here (not proxied); `res` is its response. */
   readonly servedPoll?: (sessionId: string, res: ServerResponse) => void;
+  /**
+   * CLUSTER_WORKERS_COUNT: this request is the first of a connection the primary handed to this
+   * worker, having routed it here already (decideHead() there): serve it. Asked once per request.
+   */
+  readonly chosenHere?: (req: IncomingMessage) => boolean;
+}
+
+/** A request head read off a new connection, before HTTP parsing (lib/workers/handoff.ts). */
+export interface RequestHead {
+  readonly method: string;
+  readonly url: string;
+  /** Lower-case names. */
+  readonly headers: Readonly<Record<string, string>>;
 }
 
 /** Long polls last up to Meteor's 45 s sockjs heartbeat; give them room, never Meteor's 5 s. */
@@ -91,7 +104,11 @@ type Admission =
   | { readonly action: 'forbidden' }
   /** A polling session a drain moved away from here: refused, so its client reconnects elsewhere. */
   | { readonly action: 'moved' }
-  | { readonly action: 'balance'; readonly facts: Balanced; readonly hop: HopCheck; readonly owner: string | null };
+  | {
+    readonly action: 'balance'; readonly facts: Balanced; readonly hop: HopCheck; readonly owner: string | null;
+    /** The primary handed this connection here, routed here already (CLUSTER_WORKERS_COUNT). */
+    readonly handed: boolean;
+  };
 
 type Proxy = Extract<Decision, { action: 'proxy' }>;
 
@@ -159,9 +176,10 @@ export class Gateway {
   private handle(x: Exchange): void {
     const admission = this.admit(x, this.classify(x));
     if (admission.action !== 'balance') return this.answer(x, admission);
-    const { facts, hop, owner } = admission;
+    const { facts, hop, owner, handed } = admission;
     const excluded = new Set<string>();
-    const a: Attempt = { x, facts, hop, owner, excluded, decision: this.route(x.req, facts, hop, owner, excluded), otherMembers: 0, sameMember: false, body: null };
+    const decision = this.route(x.req, facts, hop, owner, excluded, handed);
+    const a: Attempt = { x, facts, hop, owner, excluded, decision, otherMembers: 0, sameMember: false, body: null };
     this.count(facts, a.decision);
     this.published(a);
     // A session whose request its member refused (sockjs: 404 unknown session, 405 wrong method)
@@ -176,10 +194,15 @@ export class Gateway {
     this.act(a);
   }
 
-  /** Step 1, classify: the URL's facts. Only GET info is answered by the balancer; preflights go to sockjs like any resource. */
+  /** Step 1, classify: the URL's facts. */
   private classify(x: Exchange): RequestFacts {
-    const facts = classify(x.req.url ?? '/', this.#classifyOptions);
-    if (x.kind === 'request' && facts.kind === 'info' && x.req.method !== 'GET') return { ...facts, kind: 'sockjs-other' };
+    return this.classifyHead(x.req.method ?? '', x.req.url ?? '/', x.kind === 'upgrade');
+  }
+
+  /** Only GET info is answered by the balancer; preflights go to sockjs like any resource. */
+  private classifyHead(method: string, url: string, upgrade: boolean): RequestFacts {
+    const facts = classify(url, this.#classifyOptions);
+    if (!upgrade && facts.kind === 'info' && method !== 'GET') return { ...facts, kind: 'sockjs-other' };
     return facts;
   }
 
@@ -189,6 +212,8 @@ export class Gateway {
    * the Origin allow-list applied.
    */
   private admit(x: Exchange, facts: RequestFacts): Admission {
+    // Asked once per request: true only for the first request of a connection the primary handed here.
+    const handed = this.#d.chosenHere?.(x.req) ?? false;
     const d = door(facts, x.kind === 'upgrade');
     if (d.action !== 'balance') return d;
     if (x.kind === 'request') this.#stats.requests++;
@@ -200,7 +225,7 @@ export class Gateway {
       return { action: 'forbidden' };
     }
     if (x.kind === 'request' && d.facts.kind === 'transport' && this.#polls.moved(d.facts.sessionId)) return { action: 'moved' };
-    return { action: 'balance', facts: d.facts, hop, owner };
+    return { action: 'balance', facts: d.facts, hop, owner, handed };
   }
 
   /** What the front door answers itself. */
@@ -224,7 +249,7 @@ export class Gateway {
   }
 
   /** Step 3, route: where it goes (route.ts route(), pure). */
-  private route(req: RequestLike, facts: Balanced, hop: HopCheck, owner: string | null, excluded: Set<string>): Decision {
+  private route(req: RequestLike, facts: Balanced, hop: HopCheck, owner: string | null, excluded: Set<string>, handed = false): Decision {
     const view = this.#m.view();
     const now = Date.now();
     return route({
@@ -235,6 +260,7 @@ export class Gateway {
         // Trusted hops are served here; so are unsigned ones in a cluster without a secret and
         // expired ones (clock skew), which could otherwise bounce between peers.
         hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#m.keys === null || hop.reason === 'expired')),
+        handed,
         pending: (id) => this.#m.pending(id, now),
         selfSessions: this.#m.liveSessions(),
         sessionOwner: owner,
@@ -247,10 +273,14 @@ export class Gateway {
   }
 
   /** Tells the `ddp-cluster:route` channel's subscribers, if any. */
-  private published({ x, facts, decision: d, otherMembers }: Attempt): void {
+  private published({ x, facts, decision, otherMembers }: Attempt): void {
+    this.publishRoute(x.kind, facts, decision, otherMembers);
+  }
+
+  private publishRoute(exchange: Exchange['kind'], facts: Balanced, d: Decision, retry: number): void {
     publish('route', () => ({
-      instanceId: this.#d.config.instanceId, exchange: x.kind, transport: facts.kind === 'transport' ? facts.transport : facts.kind,
-      action: d.action, reason: d.reason, member: d.action === 'proxy' || d.action === 'pin' ? d.member.id : null, retry: otherMembers,
+      instanceId: this.#d.config.instanceId, exchange, transport: facts.kind === 'transport' ? facts.transport : facts.kind,
+      action: d.action, reason: d.reason, member: d.action === 'proxy' || d.action === 'pin' ? d.member.id : null, retry,
     }));
   }
 
@@ -381,6 +411,32 @@ export class Gateway {
     return d.member.balancer + pinnedPath(d.member, d.member.service, this.#classifyOptions.pathPrefix);
   }
 
+  /**
+   * CLUSTER_WORKERS_COUNT, in the primary: where the first request of a new connection goes,
+   * decided from its head before HTTP parsing, when that is a member `accept`s (one of this
+   * machine's workers, which then gets the connection itself). Counted as routed there (pending
+   * load, session table) exactly like a proxied request; a sockjs info pinned to such a member goes
+   * there too (it answers, pinning the session to itself). Null: this process handles the
+   * connection as usual. Requests with a hop header, refused or answered by the front door, refused
+   * origins and pages always stay here.
+   */
+  decideHead(head: RequestHead, accept: (member: Member) => boolean): Member | null {
+    if (head.headers[HOP_HEADER] !== undefined) return null;
+    const upgrade = isUpgrade(head);
+    const d = door(this.classifyHead(head.method, head.url, upgrade), upgrade);
+    if (d.action !== 'balance' || d.facts.kind === 'page') return null;
+    const req: RequestLike = { headers: head.headers };
+    if (!this.originAllowed(req)) return null;
+    const facts = d.facts;
+    const owner = facts.kind === 'transport' ? this.#sessions.get(facts.sessionId, Date.now()) : null;
+    const decision = this.route(req, facts, { kind: 'none' }, owner, new Set());
+    if ((decision.action !== 'proxy' && decision.action !== 'pin') || !accept(decision.member)) return null;
+    if (decision.action === 'pin') this.#m.newSession(decision.member);
+    else this.remember(facts, decision, decision.member);
+    this.publishRoute(upgrade ? 'upgrade' : 'request', facts, decision, 0);
+    return decision.member;
+  }
+
   stats(): BalancerStats {
     return {
       ...this.#stats,
@@ -419,7 +475,7 @@ export class Gateway {
    * sends Origin on websockets and cross-origin requests) must come from a listed origin.
    * Requests without Origin (same-origin GETs, Node/mobile DDP clients) pass.
    */
-  private originAllowed(req: IncomingMessage): boolean {
+  private originAllowed(req: RequestLike): boolean {
     if (this.#origins.size === 0) return true;
     const origin = req.headers.origin;
     return origin === undefined || this.#origins.has(origin);
@@ -556,6 +612,11 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
     req.on('error', reject);
     req.on('aborted', () => reject(new Error('aborted')));
   });
+}
+
+/** A head asking for a protocol upgrade (Node's server emits 'upgrade' for it, not 'request'). */
+function isUpgrade(head: RequestHead): boolean {
+  return head.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(head.headers.connection ?? '');
 }
 
 function transportOf(facts: DdpFacts): string {

@@ -45,6 +45,11 @@ export interface RouteState {
   readonly excluded: ReadonlySet<string>;
   /** The request carried a verified hop header: a peer already chose this instance. */
   readonly hop: boolean;
+  /**
+   * CLUSTER_WORKERS_COUNT: the first request of a connection this machine's primary handed to
+   * this worker, having routed it here already: served here like a hop (sockjs info: pinned here).
+   */
+  readonly handed?: boolean;
   /** Endpoint hash from the UI affinity cookie, for page requests. */
   readonly cookieHash: string | null;
   /** Uniform in [0, 1); injected so tests are deterministic. */
@@ -109,7 +114,10 @@ const reject = (status: 404 | 503, reason: RouteReason): Decision => ({ action: 
 
 export function route(input: RouteInput): Decision {
   const { facts, view, state } = input;
-  if (state.hop) return serve('hop from a peer');
+  // A sockjs info handed here answers with this member's pinned base_url, so the client's
+  // kept-alive connection carries the session's requests to this worker with no hop.
+  if (state.handed === true && facts.kind === 'info' && view.self !== null) return { action: 'pin', member: view.self, reason: 'pinned endpoint' };
+  if (state.hop || state.handed === true) return serve('hop from a peer');
   if (facts.kind === 'page') return routePage(input);
 
   const self = view.self;

@@ -19,6 +19,7 @@ import type { Logger } from '../log';
 import type { ClusterStats, RebalanceEvent } from '../outcomes';
 import { createMetrics, healthResults, type ClusterMetrics } from '../metrics';
 import { PACKAGE_VERSION } from '../version';
+import { byMachine } from '../workers/group';
 import {
   DashboardAuth, FailureLimiter, basicPassword, clearSessionCookie, clientKey, dashboardPasswords, sameOrigin,
   sessionCookieOf, setSessionCookie,
@@ -334,7 +335,8 @@ function snapshot({ deps, watch }: Site, since: number, afterSeq: number): ApiCl
       capacity: healthy.reduce((s, m) => s + m.load.capacity, 0),
       moved: view.members.reduce((s, m) => s + (m.load.moved ?? 0), 0),
     },
-    members: view.members.map((m) => apiMember(m, now, h?.[m.id] ?? null)),
+    // By machine (host, then id): a primary's workers are listed right after it.
+    members: byMachine(view.members).map((m) => apiMember(m, now, h?.[m.id] ?? null)),
     duplicates: view.duplicates,
     stats,
     historyIntervalMs: HISTORY_INTERVAL_MS,

@@ -110,7 +110,7 @@ function render(d){
   var load=m.capacity?m.sessions/m.capacity:0,bar=el('span',{'class':'bar','aria-hidden':'true'},[el('i')]);
   bar.firstChild.style.width=Math.min(100,load*100).toFixed(1)+'%';
   var sw=el('span',{'class':'sw','aria-hidden':'true'});sw.style.background=color(m.id);
-  var name=el('th',{scope:'row'},[sw,m.id+(m.self?' ':''),m.self?tag('this','info'):null,el('div',{'class':'small',text:m.endpoint+(m.balancer?' \\u00b7 balancer '+m.balancer:'')})]);
+  var name=el('th',{scope:'row'},[sw,m.id+(m.self?' ':''),m.self?tag('this','info'):null,el('div',{'class':'small',text:m.host+' \\u00b7 '+m.endpoint+(m.balancer?' \\u00b7 balancer '+m.balancer:'')})]);
   var tr=el('tr',m.healthy?null:{'class':'down'},[name,el('td',{text:m.service}),
    el('td',null,[tag(m.state,m.state==='serving'?'ok':m.state==='draining'?'warn':'info')]),el('td',null,health),
    el('td',{'class':'n'},[String(m.sessions)]),el('td',{'class':'n',text:m.moved==null?'-':String(m.moved)}),el('td',{'class':'n'},[String(m.capacity),bar]),

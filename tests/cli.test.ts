@@ -10,7 +10,6 @@ import { signEntry, type EntryDoc } from '../lib/discovery/entry';
 import { endpointHash, hmac, keysFrom } from '../lib/sign';
 import { TEST_SECRET, startCluster, type Instance } from './support/cluster';
 import { mongo, uniqueDbUrl } from './support/mongo';
-import { eventually } from './support/wait';
 
 interface Run {
   code: number | null;

@@ -9,6 +9,7 @@ import https from 'node:https';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import { HOP_HEADER } from './hop';
+import { hasBody } from './retry';
 
 export interface ProxyAttempt {
   readonly target: URL;
@@ -83,7 +84,7 @@ export class Forwarder {
     });
     if (attempt.body !== null) {
       upstream.end(attempt.body.length > 0 ? attempt.body : undefined);
-    } else if (hasBody(req)) {
+    } else if (hasBody(req.headers)) {
       req.on('error', fail);
       req.pipe(upstream);
     } else {
@@ -295,9 +296,4 @@ function relay(answer: IncomingMessage, res: ServerResponse): void {
   answer.on('close', () => {
     if (!answer.complete) res.destroy();
   });
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const len = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
 }

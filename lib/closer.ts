@@ -23,6 +23,10 @@ export class SessionCloser {
   readonly #events: CloserEvent[] = [];
   /** Closes scheduled and not done yet, with their reason. */
   readonly #scheduled = new Map<Closable, { timer: NodeJS.Timeout; reason: CloseReason }>();
+  /** Paced closes (pace()), in order: each at its due time, and never within its interval of the last one. */
+  readonly #paced: { session: Closable; reason: CloseReason; due: number; intervalMs: number }[] = [];
+  #pacer: NodeJS.Timeout | null = null;
+  #lastPacedAt = -Infinity;
   readonly #random: () => number;
   #draining = false;
 
@@ -39,6 +43,8 @@ export class SessionCloser {
       this.#scheduled.delete(s);
       this.#closing.delete(s);
     }
+    for (const p of this.#paced.filter((q) => q.reason === 'rebalance')) this.#closing.delete(p.session);
+    this.#paced.splice(0, this.#paced.length, ...this.#paced.filter((q) => q.reason !== 'rebalance'));
   }
 
   get draining(): boolean {
@@ -64,12 +70,7 @@ export class SessionCloser {
    * were taken (not already closing; none for rebalancing during a drain).
    */
   close(sessions: readonly Closable[], reason: CloseReason, spanMs = 0): number {
-    if (reason === 'rebalance' && this.#draining) return 0;
-    const fresh = sessions.filter((s) => !this.#closing.has(s));
-    if (fresh.length === 0) return 0;
-    for (const s of fresh) this.#closing.add(s);
-    this.#events.push({ at: Date.now(), reason, closed: fresh.length });
-    if (this.#events.length > EVENTS_MAX) this.#events.shift();
+    const fresh = this.take(sessions, reason);
     const step = spanMs / fresh.length;
     fresh.forEach((s, i) => {
       const at = i === 0 || step <= 0 ? 0 : step * (i + (this.#random() - 0.5) * 0.6);
@@ -80,31 +81,58 @@ export class SessionCloser {
   }
 
   /**
-   * Closes `sessions` one every `intervalMs`, the first at `startAt` (ms, Date.now() clock): an
-   * exact pace, so no window of `intervalMs` × n holds more than n closes (rebalancing's limit).
-   * Returns how many were taken.
+   * Closes `sessions` one every `intervalMs`, the first at `startAt` (ms, Date.now() clock), after
+   * those paced before: two paced closes are never less than `intervalMs` apart, even when a busy
+   * event loop fires a timer late (the rest are delayed, not bunched). Returns how many were taken.
    */
   pace(sessions: readonly Closable[], reason: CloseReason, intervalMs: number, startAt: number): number {
-    if (reason === 'rebalance' && this.#draining) return 0;
+    const fresh = this.take(sessions, reason);
+    fresh.forEach((session, i) => this.#paced.push({ session, reason, due: startAt + i * intervalMs, intervalMs }));
+    this.drive();
+    return fresh.length;
+  }
+
+  /** The sessions not closing yet (none for rebalancing during a drain), marked closing; one event for them. */
+  private take(sessions: readonly Closable[], reason: CloseReason): Closable[] {
+    if (reason === 'rebalance' && this.#draining) return [];
     const fresh = sessions.filter((s) => !this.#closing.has(s));
-    if (fresh.length === 0) return 0;
+    if (fresh.length === 0) return [];
     for (const s of fresh) this.#closing.add(s);
     this.#events.push({ at: Date.now(), reason, closed: fresh.length });
     if (this.#events.length > EVENTS_MAX) this.#events.shift();
-    const now = Date.now();
-    fresh.forEach((s, i) => {
-      // +1 ms: Node may fire a timer up to a millisecond early, which must not shorten a gap.
-      const at = startAt + i * intervalMs - now;
-      if (at <= 0) return this.closeNow(s, reason);
-      this.schedule(s, reason, at + 1);
-    });
-    return fresh.length;
+    return fresh;
   }
 
   /** Cancels spread closes not done yet (the instance is closing anyway). */
   stop(): void {
     for (const { timer } of this.#scheduled.values()) clearTimeout(timer);
     this.#scheduled.clear();
+    if (this.#pacer !== null) clearTimeout(this.#pacer);
+    this.#pacer = null;
+    this.#paced.length = 0;
+  }
+
+  /** Closes the paced queue's head once it is due and its interval since the last paced close has passed. */
+  private drive(): void {
+    for (;;) {
+      if (this.#pacer !== null) return;
+      const head = this.#paced[0];
+      if (head === undefined) return;
+      const now = Date.now();
+      const at = Math.max(head.due, this.#lastPacedAt + head.intervalMs);
+      if (at > now) {
+        // +1 ms: Node may fire a timer up to a millisecond early, which must not shorten a gap.
+        this.#pacer = setTimeout(() => {
+          this.#pacer = null;
+          this.drive();
+        }, at - now + 1);
+        this.#pacer.unref();
+        return;
+      }
+      this.#paced.shift();
+      this.#lastPacedAt = now;
+      this.closeNow(head.session, head.reason);
+    }
   }
 
   private schedule(s: Closable, reason: CloseReason, inMs: number): void {

@@ -89,3 +89,17 @@ export function systemCpu(): { busy: number; total: number } {
     return { busy: 0, total: 0 };
   }
 }
+
+/**
+ * Other tenants of this machine, in cores, over `ms`: machine-wide busy CPU not used by `pids` or
+ * this process (the load generator's own processes belong in `pids`).
+ */
+export async function foreignCores(pids: () => number[], ms = 1000): Promise<number> {
+  const s0 = systemCpu();
+  const o0 = usage(pids()).cpu;
+  const m0 = process.cpuUsage();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const me = process.cpuUsage(m0);
+  const ours = usage(pids()).cpu - o0 + (me.user + me.system) / 1e6;
+  return Math.max(0, (systemCpu().busy - s0.busy - ours) / (ms / 1000));
+}

@@ -23,7 +23,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { disposeAll, startMongo } from '../examples/node-ddp-app/mongo';
 import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, RebalanceResult, SetupResult, ThroughputResult } from './loadgen';
-import { machine, systemCpu, usage, type Usage } from './procstat';
+import { foreignCores, machine, systemCpu, usage, type Usage } from './procstat';
 import { analyzeProfile } from './profile';
 import { LogTail, haproxyServerStats, requireProxies } from './proxies';
 import { writeReport, type RunRecord, type Sample } from './report';
@@ -130,8 +130,8 @@ function runJob<R extends JobResult>(job: Job, hooks: JobHooks = {}, limitMs = 2
         const me = process.cpuUsage(me0);
         const ours = usage(pids()).cpu - own0 + Number(m.cpuSec ?? 0) + (me.user + me.system) / 1e6;
         const wall = Math.max(0.001, (Date.now() - t0) / 1000);
-        const foreignCores = Math.max(0, (sys1.busy - sys0.busy - ours) / wall);
-        resolve({ ...(m.result as R), foreignCores: Math.round(foreignCores * 100) / 100 });
+        const foreign = Math.max(0, (sys1.busy - sys0.busy - ours) / wall);
+        resolve({ ...(m.result as R), foreignCores: Math.round(foreign * 100) / 100 });
       } else if (m.type === 'error') {
         settled = true;
         clearTimeout(timer);
@@ -148,17 +148,6 @@ function runJob<R extends JobResult>(job: Job, hooks: JobHooks = {}, limitMs = 2
   });
 }
 
-/** Other tenants' CPU (cores) over `ms`, not counting `pids`. */
-async function foreignLoad(pids: () => number[], ms = 1000): Promise<number> {
-  const s0 = systemCpu();
-  const o0 = usage(pids()).cpu;
-  const m0 = process.cpuUsage();
-  await sleep(ms);
-  const me = process.cpuUsage(m0);
-  const ours = usage(pids()).cpu - o0 + (me.user + me.system) / 1e6;
-  return Math.max(0, (systemCpu().busy - s0.busy - ours) / (ms / 1000));
-}
-
 /**
  * Other test suites run on this machine too. Before a measurement, wait (bounded) until they use
  * less than FOREIGN_LIMIT cores; a measurement during which they used more is repeated once.
@@ -168,8 +157,8 @@ const QUIET_WAIT_MS = quick ? 10_000 : 60_000;
 
 async function waitQuiet(pids: () => number[]): Promise<number> {
   const deadline = Date.now() + QUIET_WAIT_MS;
-  let f = await foreignLoad(pids);
-  while (f > FOREIGN_LIMIT && Date.now() < deadline) f = await foreignLoad(pids);
+  let f = await foreignCores(pids);
+  while (f > FOREIGN_LIMIT && Date.now() < deadline) f = await foreignCores(pids);
   return f;
 }
 

@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { disposeAll, freePort, startMongo, uniqueDbUrl } from '../examples/node-ddp-app/mongo';
 import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { Job, JobResult, LatencyResult, ThroughputResult } from './loadgen';
-import { machine, systemCpu, usage } from './procstat';
+import { foreignCores, machine, systemCpu, usage } from './procstat';
 import { findBinary, startNginx, type ProxyProcess } from './proxies';
 
 const REPO = path.resolve(__dirname, '..');
@@ -151,20 +151,7 @@ async function startStack(setup: Setup, mongoUrl: string, tmp: string): Promise<
   return { entry: b.url, pids: () => [b.proc.pid ?? 0, ...workerPids], acceptPids: () => [b.proc.pid ?? 0], stop: () => stop(b) };
 }
 
-/**
- * Other tenants of this machine (CPU not used by `pids`, this process or the load generator), in
- * cores, over `ms`; before a job, wait (at most 60 s) until they use less than 0.35 cores.
- */
-async function foreignCores(pids: () => number[], ms = 1000): Promise<number> {
-  const s0 = systemCpu();
-  const o0 = usage(pids()).cpu;
-  const m0 = process.cpuUsage();
-  await sleep(ms);
-  const me = process.cpuUsage(m0);
-  const ours = usage(pids()).cpu - o0 + (me.user + me.system) / 1e6;
-  return Math.max(0, (systemCpu().busy - s0.busy - ours) / (ms / 1000));
-}
-
+/** Before a job, waits (at most 60 s) until other tenants use less than 0.35 cores. */
 async function waitQuiet(pids: () => number[]): Promise<number> {
   const deadline = Date.now() + 60_000;
   let f = await foreignCores(pids);

@@ -10,6 +10,7 @@
  *   npm run bench -- --phases rebalance   a 4th member joins 3 with 3,000 sessions (~9 min; --quick: 600, ~4 min)
  *   npm run bench -- --repeats 3 --sessions 9000
  *   npm run bench -- --profile ws|xhr     CPU profile of a forced-hop instance (node --cpu-prof)
+ *   npm run bench -- --profile xhr --setups local   the same of an instance serving everything here
  *   npm run bench -- --out DIR            write the results elsewhere (default bench/results)
  *
  * Needs nginx and haproxy (Debian: apt-get install -y nginx haproxy) and a MongoDB-compatible
@@ -589,15 +590,16 @@ function count(values: readonly number[]): Record<string, number> {
 /* profile                                                                                     */
 
 /**
- * Forced hop with every client entering at instance a: a only proxies (to b and c), b and c serve
- * hops. V8 CPU profiles of a and b over the measured window of a throughput run.
+ * Every client entering at instance a. Forced hop (`hop`): a only proxies (to b and c), b and c
+ * serve hops; served here (`local`): a serves every session itself. V8 CPU profiles of a and b
+ * over the measured window of a throughput run.
  */
-async function profile(ctx: Ctx, transport: 'ws' | 'xhr', outDir: string): Promise<void> {
+async function profile(ctx: Ctx, transport: 'ws' | 'xhr', outDir: string, setup: 'hop' | 'local'): Promise<void> {
   const profDir = path.join(ctx.tmpDir, `prof-${transport}`);
   fs.mkdirSync(profDir, { recursive: true });
   fs.mkdirSync(outDir, { recursive: true });
   let result: ThroughputResult | null = null;
-  await withStack(ctx, stackOptions(ctx, 'hop'), async (stack) => {
+  await withStack(ctx, stackOptions(ctx, setup), async (stack) => {
     const a = stack.backends.find((b) => b.id === 'a');
     if (!a) throw new Error('no instance a');
     const job: Job = { kind: 'throughput', transport, entries: [a.url], pick: 'rr', ...P.throughput[transport], durationMs: quick ? 5000 : 10_000 };
@@ -613,15 +615,18 @@ async function profile(ctx: Ctx, transport: 'ws' | 'xhr', outDir: string): Promi
     await stopped;
   });
   const r = result as ThroughputResult | null;
-  const header = `forced hop (${transport}), ${P.throughput[transport].sessions} sessions × ${P.throughput[transport].depth} in flight, every client entering at instance a: ${r?.callsPerSec ?? '?'} calls/s\n`;
+  const header = `${setup === 'hop' ? 'forced hop' : 'served here'} (${transport}), ${P.throughput[transport].sessions} sessions × ${P.throughput[transport].depth} in flight, every client entering at instance a: ${r?.callsPerSec ?? '?'} calls/s\n`;
   let text = header;
-  for (const [id, role] of [['a', 'entry instance a: proxies every request to b or c'], ['b', 'instance b: serves hops from a']] as const) {
+  const roles = setup === 'hop'
+    ? [['a', 'entry instance a: proxies every request to b or c'], ['b', 'instance b: serves hops from a']] as const
+    : [['a', 'instance a: serves every session itself'], ['b', 'instance b: idle member']] as const;
+  for (const [id, role] of roles) {
     const file = path.join(profDir, `${id}.cpuprofile`);
     text += `\n=== ${role}\n${analyzeProfile(file, REPO)}`;
     fs.mkdirSync(path.join(outDir, 'tmp'), { recursive: true });
-    fs.copyFileSync(file, path.join(outDir, 'tmp', `profile-hop-${transport}-${id}.cpuprofile`));
+    fs.copyFileSync(file, path.join(outDir, 'tmp', `profile-${setup}-${transport}-${id}.cpuprofile`));
   }
-  const dest = path.join(outDir, `profile-hop-${transport}.txt`);
+  const dest = path.join(outDir, `profile-${setup}-${transport}.txt`);
   fs.writeFileSync(dest, text);
   log(text);
   log(`profile written to ${path.relative(REPO, dest)} (+ ${path.relative(REPO, path.join(outDir, 'tmp'))}/*.cpuprofile for Chrome DevTools)`);
@@ -679,7 +684,7 @@ async function main(): Promise<void> {
   try {
     if (args.profile !== undefined) {
       const t = args.profile === 'xhr' ? 'xhr' : 'ws';
-      await profile(ctx, t, outDir);
+      await profile(ctx, t, outDir, args.setups === 'local' ? 'local' : 'hop');
       return;
     }
     const m = machine();

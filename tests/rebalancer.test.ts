@@ -105,16 +105,22 @@ describe('rebalancing (real instances, real retrying clients)', function () {
 
   it('a restarted member gets its share back, ramping with slow start', async () => {
     const opts: AttachOptions = { ...FAST, slowStartMs: 3000 };
-    cluster = await startCluster(['a', 'b', 'c'], url, () => ({ attach: opts }));
+    // A polling client that entered through c loses its session's path when c goes, and starts a
+    // new session elsewhere; its old one stays on its owner for sockjs's disconnect_delay (Meteor:
+    // 60 s, longer than the waits below): 5 s here, so the counts settle.
+    const app = { disconnectDelay: 5000 };
+    cluster = await startCluster(['a', 'b', 'c'], url, () => ({ attach: opts, app }));
     const cs = await connect(45, cluster.map((i) => i.url));
     // c goes away: its clients reconnect to a and b.
     const old = cluster.pop() as Instance;
     await old.close();
     await eventually(() => cluster.reduce((n, i) => n + i.app.sessionCount(), 0) === 45 && cs.every((x) => x.instanceId !== 'c'),
-      'c\'s clients on a and b', 30_000, 100);
+      'c\'s clients on a and b', 30_000, 100).catch((err: unknown) => {
+      throw new Error(`${String(err)}: sessions ${JSON.stringify(cluster.map((i) => i.app.sessionCount()))}, clients on ${JSON.stringify(cs.map((x) => x.instanceId))}`);
+    });
     const before = cs.map((x) => x.reconnects.length);
     keepCalling(cs);
-    const c = await startInstance({ id: 'c', discoveryUrl: url, attach: opts });
+    const c = await startInstance({ id: 'c', discoveryUrl: url, attach: opts, app });
     cluster.push(c);
     const began = Date.now();
     const balanced = await eventually(() => {

@@ -195,8 +195,15 @@ describe('hardening (issue 12)', function () {
   it('7. drain() is idempotent, and disconnects each client at most once (twice if it can only enter through the draining instance)', async () => {
     cluster = await startCluster(['a', 'b', 'c'], url);
     const [a, b] = cluster as [Instance, Instance];
-    const viaA = await Promise.all(Array.from({ length: 30 }, () => new RetryingDdpClient({ entries: [a.url], transport: 'ws' }).start()));
-    const viaB = await Promise.all(Array.from({ length: 30 }, () => new RetryingDdpClient({ entries: [b.url], transport: 'ws' }).start()));
+    // Where a client's first session lands is the routing policy's call; pinned paths make the
+    // mix this test needs certain: through a, some pinned to a itself and some to b or c (proxied
+    // through a); through b, some pinned to a. After the drain a pinned-to-a client is sent on.
+    const hash = (i: Instance): string => i.cluster.view().self!.endpointHash;
+    const [, , c] = cluster as [Instance, Instance, Instance];
+    const viaAUrls = [a.url, `${a.url}/cluster-ddp/${hash(a)}/web`, `${a.url}/cluster-ddp/${hash(b)}/web`, `${a.url}/cluster-ddp/${hash(c)}/web`];
+    const viaBUrls = [b.url, `${b.url}/cluster-ddp/${hash(a)}/web`];
+    const viaA = await Promise.all(Array.from({ length: 30 }, (_, i) => new RetryingDdpClient({ entries: [viaAUrls[i % 4] as string], transport: 'ws' }).start()));
+    const viaB = await Promise.all(Array.from({ length: 30 }, (_, i) => new RetryingDdpClient({ entries: [viaBUrls[i % 2] as string], transport: 'ws' }).start()));
     const clients = [...viaA, ...viaB];
     try {
       await Promise.all(clients.map((c) => c.whoami()));

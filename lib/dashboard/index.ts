@@ -223,8 +223,8 @@ class ClusterWatch {
   readonly #downBy = new Map<string, Set<'heartbeat' | 'check'>>();
   readonly #lastSessions = new Map<string, number>();
   #checks: Record<string, { up: boolean; reason: string }> = {};
-  /** Rebalancing episodes of this instance up to here are events already. */
-  #rebalancedUpTo = Date.now();
+  /** Rebalancing episodes of this instance already shown as events (the rebalancer keeps the last 50). */
+  readonly #rebalanceSeen = new WeakSet<RebalanceEvent>();
   #closed = false;
   readonly #timer: NodeJS.Timeout;
 
@@ -296,19 +296,21 @@ class ClusterWatch {
       }
     }
     this.#checks = h;
-    this.rebalanceEvents(stats.rebalance?.events ?? [], now);
+    this.rebalanceEvents(stats.rebalance?.events ?? []);
   }
 
   /** This instance's rebalancing episodes (its stats), as events: start and stop with what moved. */
-  private rebalanceEvents(episodes: readonly RebalanceEvent[], now: number): void {
+  private rebalanceEvents(episodes: readonly RebalanceEvent[]): void {
     const id = this.#deps.config.instanceId;
     for (const e of episodes) {
-      if (e.at <= this.#rebalancedUpTo) continue;
+      // By identity, not time: an episode's time is its decision's, which may precede a sample
+      // that ran while the decision was still being taken.
+      if (this.#rebalanceSeen.has(e)) continue;
+      this.#rebalanceSeen.add(e);
       this.event('rebalance', id, e.kind === 'start'
         ? `above its fair share (${e.sessions} sessions, share ${Math.round(e.share)}): moving sessions`
         : `within its fair share (${e.sessions} sessions, share ${Math.round(e.share)}): stopped after moving ${e.moved ?? 0}`);
     }
-    this.#rebalancedUpTo = Math.max(this.#rebalancedUpTo, now);
   }
 }
 

@@ -116,14 +116,51 @@ describe('pending load (sessions routed to a member that its report does not inc
       assert.equal(p.count('b', report(1002, 0, 0), 1010), 1, 'counted from the report');
       p.landed(1011);
       assert.equal(p.count('b', report(1002, 0, 0), 1012), 2, '10 ms of reports: no rate yet');
-      // Reports 40 ms apart (the first one counts) that show nothing opened for others: the assumption gives way.
+      // Reports 40 ms apart (the first one counts) that show nothing opened for others while this
+      // balancer kept 4: the assumption gives way in proportion, (0 + 2) / (4 + 2) of what it kept since.
       p.count('b', report(1050, 0, 0), 1050);
       p.landed(1051);
-      assert.equal(p.count('b', report(1050, 0, 0), 1060), 0);
+      assert.ok(Math.abs(p.count('b', report(1050, 0, 0), 1060) - 1 / 3) < 1e-9);
       // After a quiet spell (no recent reports), the assumption holds again.
       p.count('b', report(5000, 0, 0), 5000);
       p.landed(5000.5);
       assert.equal(p.count('b', report(5000, 0, 0), 5001), 1);
+    });
+
+    it('keeps assuming what this balancer kept since the report while reports show the peer taking as many (even arrival, faster than its rate)', () => {
+      const p = new PendingLoad(10_000);
+      p.count('b', report(0, 0, 0), 0);
+      // Every 20 ms both this balancer and b take 2 new sessions for themselves: b's reports show it.
+      let t = 0;
+      for (let k = 1; k <= 10; k++) {
+        t = 20 * k;
+        p.landed(t - 10);
+        p.landed(t - 5);
+        p.count('b', report(t, 2 * k, 2 * k), t);
+      }
+      // 3 kept since b's last report: the smoothed rate says 0.8 (8 ms of 0.1/ms), the even arrival b's reports show says 3.
+      p.landed(t + 2);
+      p.landed(t + 4);
+      p.landed(t + 6);
+      assert.ok(p.count('b', report(t, 20, 20), t + 8) >= 2.5, String(p.count('b', report(t, 20, 20), t + 8)));
+    });
+
+    it('gives the even-arrival assumption up as reports show every session entering here (one entry point)', () => {
+      const p = new PendingLoad(10_000);
+      p.count('b', report(0, 0, 0), 0);
+      // This balancer keeps 2 sessions every 20 ms; b's reports show nothing new.
+      let t = 0;
+      for (let k = 1; k <= 10; k++) {
+        t = 20 * k;
+        p.landed(t - 10);
+        p.landed(t - 5);
+        p.count('b', report(t, 0, 0), t);
+      }
+      p.landed(t + 2);
+      p.landed(t + 4);
+      p.landed(t + 6);
+      // Over its last 8 sessions b took none: (0 + 2) / (8 + 2) of the 3 kept since.
+      assert.ok(Math.abs(p.count('b', report(t, 0, 0), t + 8) - 0.6) < 1e-9, String(p.count('b', report(t, 0, 0), t + 8)));
     });
 
     it('takes a report for no older than 50 ms more than since it was first used (clocks that disagree)', () => {

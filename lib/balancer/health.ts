@@ -33,7 +33,7 @@ interface Peer {
 }
 
 /** On-demand checks (`refresh`) of one peer begin at least this far apart. */
-export const REFRESH_GAP_MS = 20;
+export const REFRESH_GAP_MS = 10;
 
 export interface HealthEvents {
   /** Up/down or reported state changed; `before` is the previous result (null: the first). */

@@ -17,10 +17,13 @@
  * balancers) since its report; this balancer sees its own new sessions at once, so without an
  * estimate of those every instance would look busier to itself than its peers do. The `opened`
  * growth that entries don't account for is that traffic: its rate over the last reports
- * (RATE_WINDOW_MS), times the age of the current report (at most MAX_EXTRAPOLATE_MS), is added.
- * Without recent reports to take a rate from (a burst starting from idle, faster than reports), a
- * peer is assumed to have taken as many since its report as this balancer kept for itself
- * meanwhile (`landed`): arrival is even until the reports say otherwise.
+ * (RATE_WINDOW_MS), times the age of the current report (at most MAX_EXTRAPOLATE_MS). A rate
+ * smoothed over a second lags a burst, though: when sessions arrive evenly at every instance, each
+ * one keeps its own at once but sees its peers' only as their rate catches up, and proxies sessions
+ * it should keep. So the estimate is at least what this balancer kept for itself since the report
+ * (`landed`), scaled by how the peer's arrivals compared with this balancer's over the same recent
+ * reports (about 1 under even arrival, towards 0 when every client enters here). Without recent
+ * reports (a burst from idle) that ratio is 1: arrival is even until the reports say otherwise.
  *
  * A report's age is taken from its time (the peer's clock), but at most MAX_CLOCK_LEAD_MS more
  * than since this balancer first used it, so a peer's clock running behind can't inflate it.
@@ -28,6 +31,12 @@
 
 /** Reports (by the peer's clock) over which a peer's rate of sessions opened for others is taken. */
 export const RATE_WINDOW_MS = 1000;
+/** Sessions of even arrival assumed before the reports say how peers' arrivals compare (see unseen). */
+const EVEN_PRIOR = 2;
+/** How long a session that reached a peer may take to show in its report (routing, then pending). */
+const SHOW_LAG_MS = 5;
+/** The ratio of a peer's arrivals to this balancer's is taken over this many of its own new sessions. */
+const RATIO_SESSIONS = 8;
 /** A rate needs reports at least this far apart. */
 const MIN_RATE_SPAN_MS = 40;
 /** Extrapolate at most this far past a report: a correction for the lag of fresh reports, no more. */
@@ -57,9 +66,20 @@ interface Routed {
   pending: number | null;
   /** When this balancer first used that report, by its own clock. */
   seenAt: number;
-  /** Sessions the member opened for others, cumulative, sampled per report: [report at, count]. */
-  readonly others: [number, number][];
+  /**
+   * Sessions the member opened for others, cumulative, sampled per report: [report at, count,
+   * when the report was taken by this balancer's clock (see takenAt)].
+   */
+  readonly others: [number, number, number][];
   othersTotal: number;
+}
+
+/**
+ * When a report first used at `now` was taken, by this balancer's clock: its own time, but no
+ * earlier than MAX_CLOCK_LEAD_MS before now (a peer's clock may disagree) and no later than now.
+ */
+function takenAt(report: LoadReport, now: number): number {
+  return now - Math.min(MAX_CLOCK_LEAD_MS, Math.max(0, now - report.at));
 }
 
 export class PendingLoad {
@@ -90,7 +110,7 @@ export class PendingLoad {
   landed(now: number): void {
     const l = this.#landed;
     l.push(now);
-    while (l.length > 0 && ((l[0] as number) < now - RATE_WINDOW_MS || l.length > 10_000)) l.shift();
+    while (l.length > 0 && ((l[0] as number) < now - 2 * RATE_WINDOW_MS || l.length > 10_000)) l.shift();
   }
 
   /** Sessions routed to `memberId` and not yet matched by its reports. */
@@ -102,7 +122,7 @@ export class PendingLoad {
     let r = this.#routed.get(memberId);
     if (!r) {
       // The first report is a sample too: one fresh report later there is a rate (often 0).
-      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0]], othersTotal: 0 };
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0, takenAt(report, now)]], othersTotal: 0 };
       this.#routed.set(memberId, r);
       return r;
     }
@@ -134,8 +154,8 @@ export class PendingLoad {
       const kept = report.pending != null && r.pending !== null ? report.pending - r.pending : 0;
       r.othersTotal += Math.max(0, grown + kept - drop);
       r.pending = report.pending ?? null;
-      r.others.push([report.at, r.othersTotal]);
-      while (r.others.length > 0 && report.at - (r.others[0] as [number, number])[0] > RATE_WINDOW_MS) r.others.shift();
+      r.others.push([report.at, r.othersTotal, takenAt(report, now)]);
+      while (r.others.length > 0 && report.at - (r.others[0] as [number, number, number])[0] > RATE_WINDOW_MS) r.others.shift();
     }
     const expired = now - this.#maxAgeMs;
     while (drop < r.times.length && (r.times[drop] as number) <= expired) drop++;
@@ -149,15 +169,55 @@ export class PendingLoad {
   private unseen(r: Routed, now: number): number {
     const seen = Math.max(0, now - r.seenAt);
     const age = Math.min(Math.max(seen, now - r.at), seen + MAX_CLOCK_LEAD_MS);
+    const kept = this.keptSince(now - age, now);
     const first = r.others[0];
     const last = r.others[r.others.length - 1];
-    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) {
-      let n = 0;
-      for (let k = this.#landed.length - 1; k >= 0 && (this.#landed[k] as number) > now - age; k--) n++;
-      return n;
-    }
+    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return kept;
     const perMs = (last[1] - first[1]) / (last[0] - first[0]);
-    return perMs * Math.min(MAX_EXTRAPOLATE_MS, age);
+    return Math.max(perMs * Math.min(MAX_EXTRAPOLATE_MS, age), Math.min(1, this.ratio(r, now)) * kept);
+  }
+
+  /**
+   * How the member's arrivals compare with this balancer's: sessions it opened for others while
+   * this balancer kept its last RATIO_SESSIONS (within RATE_WINDOW_MS), over those. About 1 when
+   * clients arrive evenly, towards 0 when they all enter here. Counted in this balancer's
+   * sessions, not in time, so that a change of pattern (a burst entering elsewhere, then one
+   * entering here) shows within a few sessions. EVEN_PRIOR sessions of even arrival keep a quiet
+   * spell from reading as either.
+   */
+  private ratio(r: Routed, now: number): number {
+    // Up to a little before the latest report was taken: the peer's figures say nothing of what
+    // came after, and sessions that reached it just before may not show yet.
+    const end = (r.others[r.others.length - 1] as [number, number, number])[2] - SHOW_LAG_MS;
+    const since = now - RATE_WINDOW_MS;
+    const l = this.#landed;
+    let from = since;
+    let keptN = 0;
+    for (let k = l.length - 1; k >= 0 && keptN < RATIO_SESSIONS; k--) {
+      const t = l[k] as number;
+      if (t <= since) break;
+      if (t > end) continue;
+      keptN++;
+      from = t;
+    }
+    // The peer's count for others when `from` began: its last report taken by then.
+    let base = (r.others[0] as [number, number, number])[1];
+    for (const [, total, seen] of r.others) {
+      if (seen >= from) break;
+      base = total;
+    }
+    return (r.othersTotal - base + EVEN_PRIOR) / (keptN + EVEN_PRIOR);
+  }
+
+  /** New sessions this balancer kept for itself in (from, to]. */
+  private keptSince(from: number, to: number): number {
+    let n = 0;
+    for (let k = this.#landed.length - 1; k >= 0; k--) {
+      const t = this.#landed[k] as number;
+      if (t <= from) break;
+      if (t <= to) n++;
+    }
+    return n;
   }
 
   /** Forgets members no longer in the view. */

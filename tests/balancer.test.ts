@@ -226,7 +226,7 @@ describe('balancer (three real instances, real clients)', function () {
       assert.ok(maxOverMean(next) <= 1.2, `max/mean ${maxOverMean(next)} ${JSON.stringify(spread(next).counts)}`);
     });
 
-    it('serves most sessions where they land when they arrive evenly at A, B and C: proxies at most half the share random placement would (≤ 1/3 of 2/3)', async () => {
+    it('serves most sessions where they land when they arrive evenly at A, B and C: proxies at most 10 % of them (random placement: 2/3)', async () => {
       cluster = await startCluster(IDS, url);
       const before = cluster.map((i) => i.cluster.stats());
       // Round robin over the entries, six sessions setting up at a time.
@@ -240,11 +240,11 @@ describe('balancer (three real instances, real clients)', function () {
       assert.equal(decisions, 180, 'one routing decision per session at its entry');
       const share = d('proxied') / decisions;
       figures.evenArrival = { proxiedShare: share, counts: spread(landed).counts };
-      // The policy's goal (≤ 0.10) is a bench figure (npm run bench, cluster mode): with six
-      // sessions setting up at once, each instance guesses its peers' unreported new sessions;
-      // 180 sessions measured 0 to 0.18 in 10 runs here (90 sessions: up to 0.31, which failed a
-      // 0.25 bound in CI). Random placement would proxy 2/3.
-      assert.ok(share <= 1 / 3, `proxied share ${share} ${JSON.stringify(spread(landed).counts)}`);
+      // With six sessions setting up at once, each instance guesses its peers' unreported new
+      // sessions (pending.ts). Before peers' unreported sessions were taken as at least what this
+      // instance kept since their report, 180 sessions measured 0 to 0.18 in 10 runs here; since,
+      // 0 in 8 runs. Random placement would proxy 2/3. The bench measures random arrival.
+      assert.ok(share <= 0.1, `proxied share ${share} ${JSON.stringify(spread(landed).counts)}`);
     });
   });
 

@@ -163,8 +163,9 @@ export class PendingLoad {
   }
 
   /**
-   * Sessions opened for others since the report: their recent rate times the report's age, or
-   * without recent reports as many as this balancer kept meanwhile.
+   * Sessions opened for others since the report: what this balancer kept for itself meanwhile,
+   * scaled by ratio(), or their recent rate times the report's age if that is more; without
+   * recent reports, as many as this balancer kept meanwhile.
    */
   private unseen(r: Routed, now: number): number {
     const seen = Math.max(0, now - r.seenAt);
@@ -202,8 +203,8 @@ export class PendingLoad {
     }
     // The peer's count for others when `from` began: its last report taken by then.
     let base = (r.others[0] as [number, number, number])[1];
-    for (const [, total, seen] of r.others) {
-      if (seen >= from) break;
+    for (const [, total, taken] of r.others) {
+      if (taken >= from) break;
       base = total;
     }
     return (r.othersTotal - base + EVEN_PRIOR) / (keptN + EVEN_PRIOR);

@@ -124,6 +124,8 @@ function rows(run: RunRecord): Row[] {
     { metric: 'rb_steady_moved', label: `Rebalance: sessions moved in the balanced steady state (${(p.rebalance?.steadyMs ?? 0) / 1000} s)`, digits: 0 },
     { metric: 'hops_ws', label: 'ddp-cluster: share of websocket sessions proxied (hop)', digits: 2 },
     { metric: 'hops_xhr', label: 'ddp-cluster: share of xhr requests proxied (hop)', digits: 2 },
+    { metric: 'hops_tput_ws', label: 'ddp-cluster: share of websocket sessions proxied, throughput phase (90 sessions)', digits: 2 },
+    { metric: 'hops_tput_xhr', label: 'ddp-cluster: share of xhr requests proxied, throughput phase', digits: 2 },
   ];
 }
 

@@ -252,6 +252,7 @@ async function battery(ctx: Ctx, setup: SetupName, round: number, phases: Set<Ph
         let p0: Usage | null = null;
         let du: Usage | null = null;
         let dp: Usage | null = null;
+        const before = await stack.stats();
         const r = await measure<ThroughputResult>({ kind: 'throughput', transport, entries, pick, ...P.throughput[transport] }, {
           pids: serverPids,
           onMessage: (m) => {
@@ -265,6 +266,8 @@ async function battery(ctx: Ctx, setup: SetupName, round: number, phases: Set<Ph
             }
           },
         });
+        const share = hopShare(before, await stack.stats());
+        record(ctx, setup, round, `hops_tput_${transport}`, share);
         const calls = r.callsPerSec * (P.throughput[transport].durationMs / 1000);
         const cpuServer = du ? (du as Usage).cpu : NaN;
         const cpuProxy = dp ? (dp as Usage).cpu : NaN;
@@ -273,7 +276,7 @@ async function battery(ctx: Ctx, setup: SetupName, round: number, phases: Set<Ph
         record(ctx, setup, round, `foreign_tput_${transport}`, r.foreignCores);
         record(ctx, setup, round, `cpu_${transport}_server_per10k`, calls > 0 ? (cpuServer / calls) * 10_000 : null);
         if (stack.proxy) record(ctx, setup, round, `cpu_${transport}_proxy_per10k`, calls > 0 ? (cpuProxy / calls) * 10_000 : null);
-        log(`  ${setup} throughput ${transport}: ${r.callsPerSec} calls/s (p50 ${r.ms.p50} ms, ${r.errors} errors), server CPU ${cpuServer.toFixed(2)} s${stack.proxy ? `, proxy CPU ${cpuProxy.toFixed(2)} s` : ''}; others ${r.foreignCores} cores`);
+        log(`  ${setup} throughput ${transport}: ${r.callsPerSec} calls/s (p50 ${r.ms.p50} ms, ${r.errors} errors), server CPU ${cpuServer.toFixed(2)} s${stack.proxy ? `, proxy CPU ${cpuProxy.toFixed(2)} s` : ''}${share === null ? '' : `, hop share ${(share * 100).toFixed(1)}%`}; others ${r.foreignCores} cores`);
         await sleep(500);
       }
     }

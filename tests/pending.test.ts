@@ -127,38 +127,35 @@ describe('pending load (sessions routed to a member that its report does not inc
       assert.equal(p.count('b', report(5000, 0, 0), 5001), 1);
     });
 
-    it('keeps assuming what this balancer kept since the report while reports show the peer taking as many (even arrival, faster than its rate)', () => {
-      const p = new PendingLoad(10_000);
+    /**
+     * For 200 ms this balancer keeps 2 new sessions every 20 ms, and b reports every 20 ms having
+     * taken `peerPerRound` for itself meanwhile; then this balancer keeps 3 more. Returns the time
+     * of b's last report.
+     */
+    const rounds = (p: PendingLoad, peerPerRound: number): number => {
       p.count('b', report(0, 0, 0), 0);
-      // Every 20 ms both this balancer and b take 2 new sessions for themselves: b's reports show it.
       let t = 0;
       for (let k = 1; k <= 10; k++) {
         t = 20 * k;
         p.landed(t - 10);
         p.landed(t - 5);
-        p.count('b', report(t, 2 * k, 2 * k), t);
+        p.count('b', report(t, peerPerRound * k, peerPerRound * k), t);
       }
+      for (const dt of [2, 4, 6]) p.landed(t + dt);
+      return t;
+    };
+
+    it('keeps assuming what this balancer kept since the report while reports show the peer taking as many (even arrival, faster than its rate)', () => {
+      const p = new PendingLoad(10_000);
+      const t = rounds(p, 2);
       // 3 kept since b's last report: the smoothed rate says 0.8 (8 ms of 0.1/ms), the even arrival b's reports show says 3.
-      p.landed(t + 2);
-      p.landed(t + 4);
-      p.landed(t + 6);
       assert.ok(p.count('b', report(t, 20, 20), t + 8) >= 2.5, String(p.count('b', report(t, 20, 20), t + 8)));
     });
 
     it('gives the even-arrival assumption up as reports show every session entering here (one entry point)', () => {
       const p = new PendingLoad(10_000);
-      p.count('b', report(0, 0, 0), 0);
-      // This balancer keeps 2 sessions every 20 ms; b's reports show nothing new.
-      let t = 0;
-      for (let k = 1; k <= 10; k++) {
-        t = 20 * k;
-        p.landed(t - 10);
-        p.landed(t - 5);
-        p.count('b', report(t, 0, 0), t);
-      }
-      p.landed(t + 2);
-      p.landed(t + 4);
-      p.landed(t + 6);
+      // b's reports show nothing new.
+      const t = rounds(p, 0);
       // Over its last 8 sessions b took none: (0 + 2) / (8 + 2) of the 3 kept since.
       assert.ok(Math.abs(p.count('b', report(t, 0, 0), t + 8) - 0.6) < 1e-9, String(p.count('b', report(t, 0, 0), t + 8)));
     });

@@ -21,8 +21,8 @@
  * smoothed over a second lags a burst, though: when sessions arrive evenly at every instance, each
  * one keeps its own at once but sees its peers' only as their rate catches up, and proxies sessions
  * it should keep. So the estimate is at least what this balancer kept for itself since the report
- * (`landed`), scaled by how the peer's arrivals compared with this balancer's over the same recent
- * reports (about 1 under even arrival, towards 0 when every client enters here). Without recent
+ * (`landed`), scaled by how the peer's arrivals compared with this balancer's over its last few
+ * kept sessions (about 1 under even arrival, towards 0 when every client enters here). Without recent
  * reports (a burst from idle) that ratio is 1: arrival is even until the reports say otherwise.
  *
  * A report's age is taken from its time (the peer's clock), but at most MAX_CLOCK_LEAD_MS more
@@ -66,13 +66,13 @@ interface Routed {
   pending: number | null;
   /** When this balancer first used that report, by its own clock. */
   seenAt: number;
-  /**
-   * Sessions the member opened for others, cumulative, sampled per report: [report at, count,
-   * when the report was taken by this balancer's clock (see takenAt)].
-   */
-  readonly others: [number, number, number][];
+  /** Sessions the member opened for others, cumulative, sampled per report. */
+  readonly others: OthersSample[];
   othersTotal: number;
 }
+
+/** [report at (peer's clock), sessions opened for others so far, when taken (this clock, see takenAt)]. */
+type OthersSample = [number, number, number];
 
 /**
  * When a report first used at `now` was taken, by this balancer's clock: its own time, but no
@@ -110,7 +110,7 @@ export class PendingLoad {
   landed(now: number): void {
     const l = this.#landed;
     l.push(now);
-    while (l.length > 0 && ((l[0] as number) < now - 2 * RATE_WINDOW_MS || l.length > 10_000)) l.shift();
+    while (l.length > 0 && ((l[0] as number) < now - RATE_WINDOW_MS || l.length > 10_000)) l.shift();
   }
 
   /** Sessions routed to `memberId` and not yet matched by its reports. */
@@ -155,7 +155,7 @@ export class PendingLoad {
       r.othersTotal += Math.max(0, grown + kept - drop);
       r.pending = report.pending ?? null;
       r.others.push([report.at, r.othersTotal, takenAt(report, now)]);
-      while (r.others.length > 0 && report.at - (r.others[0] as [number, number, number])[0] > RATE_WINDOW_MS) r.others.shift();
+      while (r.others.length > 0 && report.at - (r.others[0] as OthersSample)[0] > RATE_WINDOW_MS) r.others.shift();
     }
     const expired = now - this.#maxAgeMs;
     while (drop < r.times.length && (r.times[drop] as number) <= expired) drop++;
@@ -174,8 +174,9 @@ export class PendingLoad {
     const first = r.others[0];
     const last = r.others[r.others.length - 1];
     if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return kept;
-    const perMs = (last[1] - first[1]) / (last[0] - first[0]);
-    return Math.max(perMs * Math.min(MAX_EXTRAPOLATE_MS, age), Math.min(1, this.ratio(r, now)) * kept);
+    const byRate = ((last[1] - first[1]) / (last[0] - first[0])) * Math.min(MAX_EXTRAPOLATE_MS, age);
+    // The ratio scans recent sessions and reports: only worth it when there is something to scale.
+    return kept === 0 ? byRate : Math.max(byRate, Math.min(1, this.ratio(r, now)) * kept);
   }
 
   /**
@@ -189,7 +190,7 @@ export class PendingLoad {
   private ratio(r: Routed, now: number): number {
     // Up to a little before the latest report was taken: the peer's figures say nothing of what
     // came after, and sessions that reached it just before may not show yet.
-    const end = (r.others[r.others.length - 1] as [number, number, number])[2] - SHOW_LAG_MS;
+    const end = (r.others[r.others.length - 1] as OthersSample)[2] - SHOW_LAG_MS;
     const since = now - RATE_WINDOW_MS;
     const l = this.#landed;
     let from = since;
@@ -202,7 +203,7 @@ export class PendingLoad {
       from = t;
     }
     // The peer's count for others when `from` began: its last report taken by then.
-    let base = (r.others[0] as [number, number, number])[1];
+    let base = (r.others[0] as OthersSample)[1];
     for (const [, total, taken] of r.others) {
       if (taken >= from) break;
       base = total;

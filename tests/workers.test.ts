@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
+import path from 'node:path';
+import { fork } from 'node:child_process';
 import { parseConfig } from '../lib/config';
 import { dashboardPasswordFrom } from '../lib/dashboard/auth';
 import { Registry } from '../lib/discovery/registry';
@@ -14,6 +16,7 @@ import { EMPTY_LOAD } from '../lib/load';
 import { createLogger } from '../lib/log';
 import { endpointHash } from '../lib/sign';
 import { parseHead } from '../lib/workers/handoff';
+import { MSG_CONNECTION } from '../lib/workers/primary';
 import { roleOf, workerConfig, workerEndpoint, workerInstanceId } from '../lib/workers/role';
 import { TEST_SECRET, freePort, spawnInstance, type ChildInstance } from './support/cluster';
 import { rawXhrDdp, sockjsDdp, toSockjsUrl, wsDdp, type DdpClient } from '../examples/node-ddp-app/clients';
@@ -74,6 +77,39 @@ describe('workers: pieces', () => {
     assert.equal(parseHead(Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n')), null, 'incomplete');
     assert.equal(parseHead(Buffer.from('NOT HTTP\r\n\r\n')), null);
     assert.equal(parseHead(Buffer.from('GET / HTTP/1.1\r\nno colon\r\n\r\n')), null);
+  });
+  it('serves a connection handed over IPC with the options its server gives accepted ones (no Nagle delay)', async function () {
+    this.timeout(30_000);
+    const child = fork(path.join(__dirname, 'support', 'handoff-child.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const messages: { type: string; noDelay?: boolean | null }[] = [];
+    child.on('message', (m: { type: string }) => messages.push(m));
+    const accepting = net.createServer({ noDelay: false });
+    try {
+      await eventually(() => messages.some((m) => m.type === 'ready'), 'the worker process to start', 20_000);
+      await new Promise<void>((r) => accepting.listen(0, '127.0.0.1', r));
+      accepting.on('connection', (socket) => {
+        // What the primary does: the head it read goes along with the socket itself.
+        socket.once('data', (head: Buffer) => {
+          (socket as unknown as { _handle?: { readStop?: () => number } | null })._handle?.readStop?.();
+          child.send({ type: MSG_CONNECTION, head: head.toString('base64') }, socket, { keepOpen: false });
+        });
+      });
+      const port = (accepting.address() as net.AddressInfo).port;
+      const body = await new Promise<string>((resolve, reject) => {
+        http.get(`http://127.0.0.1:${port}/handed`, { agent: false }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+        }).on('error', reject);
+      });
+      assert.equal(body, 'served /handed');
+      const accepted = messages.filter((m) => m.type === 'accepted');
+      assert.equal(accepted.length, 1);
+      assert.equal(accepted[0]?.noDelay, true, 'TCP_NODELAY set on the handed-over socket, as http.Server sets it on its own');
+    } finally {
+      accepting.close();
+      child.kill();
+    }
   });
 });
 

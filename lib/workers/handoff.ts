@@ -172,6 +172,17 @@ export function installHandoff(server: Server, o: HandoffOptions): { stats: () =
   };
 }
 
+/**
+ * What net.Server does to a socket it accepts itself (Node's onconnection), done to one that
+ * arrived over IPC: without it a handed-over connection keeps Nagle's algorithm on (http.Server
+ * defaults to noDelay), and small responses wait for the client's delayed ACK.
+ */
+function acceptedLike(server: Server, s: Socket): void {
+  const o = server as unknown as { noDelay?: boolean; keepAlive?: boolean; keepAliveInitialDelay?: number };
+  if (o.noDelay !== false) s.setNoDelay(true);
+  if (o.keepAlive === true) s.setKeepAlive(true, o.keepAliveInitialDelay ?? 0);
+}
+
 interface ConnectionMessage {
   readonly type: typeof MSG_CONNECTION;
   readonly head: string;
@@ -193,6 +204,7 @@ export function acceptHandoffs(server: Server, chosen: WeakSet<Socket>, onAccept
     if (!isConnection(m) || socket === undefined || socket === null) return;
     const s = socket as Socket;
     chosen.add(s);
+    acceptedLike(server, s);
     server.emit('connection', s);
     s.emit('data', Buffer.from(m.head, 'base64'));
     s.resume();

@@ -1,6 +1,6 @@
 /**
- * `npm run bench:workers` (issue 14): every core behind one port. Three setups, one run, on loopback:
- *   one      one plain process of the reference DDP app (no balancer): the single-core baseline
+ * `npm run bench:workers` (issue 14): every core behind one port. Four setups, one run, on loopback:
+ *   one      one plain process of the app (no balancer): the single-core baseline
  *   workers  ddp-cluster with CLUSTER_WORKERS_COUNT=2 on one port; the primary's CLUSTER_SELF_WEIGHT=0,
  *            so it only accepts and hands connections off (sessions run in the 2 workers)
  *   workers-serving  the same with the primary serving too (the default, CLUSTER_SELF_WEIGHT=1): what
@@ -9,27 +9,48 @@
  * For each: websocket and xhr-polling max throughput (method calls/s), and method RTT at a fixed
  * offered load (the same for every setup). For `workers`, the CPU the primary spent (accepting,
  * reading first requests, handing off, plus its own heartbeats and health checks) as a share of
- * all server CPU during the websocket throughput run.
+ * all server CPU during the websocket throughput run. And, because the load generator runs on the
+ * same cores: the cores it and the servers used, and calls per server CPU-second (what the setup
+ * would do with a core of its own per process).
  *
- *   npm run bench:workers [-- --quick] [-- --out bench/results]
+ * The app (--app): `meteor` (default), examples/meteor-app built with the real Meteor tool (found
+ * as the test suite finds it: METEOR_BIN, `meteor` on PATH, ../shared/meteor/build.sh) and run
+ * as bundles with `node main.js`; or `reference`, bench/backend.ts (the reference DDP app, far
+ * cheaper per call than Meteor, so the load generator's share of the 2 cores weighs more).
+ * The load generator (--loadgen): `go` (default; bench/loadgen-go, built here with the Go
+ * toolchain, a third of the Node one's CPU per xhr call and half per websocket call) or `node`
+ * (bench/loadgen.ts, what `npm run bench` uses).
+ *
+ *   npm run bench:workers [-- --quick] [-- --app meteor|reference] [-- --loadgen go|node] [-- --out bench/results]
  *
  * Writes <out>/workers.json and prints a Markdown table. Needs nginx and a MongoDB-compatible
- * server for discovery (as `npm run bench`).
+ * server (as `npm run bench`), Go for the default load generator, Meteor for the default app.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { disposeAll, freePort, startMongo, uniqueDbUrl } from '../examples/node-ddp-app/mongo';
 import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { Job, JobResult, LatencyResult, ThroughputResult } from './loadgen';
-import { foreignCores, machine, systemCpu, usage } from './procstat';
+import { cpuSeconds, foreignCores, machine, systemCpu, usage } from './procstat';
 import { findBinary, startNginx, type ProxyProcess } from './proxies';
+import { buildApp, linkedPackageDirs, startBundle, type BuiltApp, type MeteorProcess } from '../tests/support/meteor-real';
 
 const REPO = path.resolve(__dirname, '..');
-const { values: args } = parseArgs({ options: { quick: { type: 'boolean', default: false }, out: { type: 'string' } } });
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false }, out: { type: 'string' },
+    app: { type: 'string', default: 'meteor' }, loadgen: { type: 'string', default: 'go' },
+  },
+});
 const quick = args.quick === true;
+if (args.app !== 'meteor' && args.app !== 'reference') throw new Error(`--app must be meteor or reference, not ${args.app}`);
+if (args.loadgen !== 'go' && args.loadgen !== 'node') throw new Error(`--loadgen must be go or node, not ${args.loadgen}`);
+const APP = args.app;
+const LOADGEN = args.loadgen;
 const P = {
   latency: {
     ws: { sessions: 60, rate: 1000, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
@@ -109,24 +130,14 @@ interface Stack {
 }
 
 async function startStack(setup: Setup, mongoUrl: string, tmp: string): Promise<Stack> {
+  if (APP === 'meteor') return startMeteorStack(setup, mongoUrl, tmp, await meteorApp());
   if (setup === 'one') {
     const b = await backend('one', { BENCH_ATTACH: '0' });
     return { entry: b.url, pids: () => [b.proc.pid ?? 0], acceptPids: () => [], stop: () => stop(b) };
   }
   if (setup === 'nginx2') {
     const bs = await Promise.all(['a', 'b'].map((id) => backend(id, { BENCH_ATTACH: '0' })));
-    const port = await freePort();
-    const nginx = findBinary('nginx');
-    if (nginx === null) throw new Error('nginx is not installed (apt-get install -y nginx)');
-    const proxy: ProxyProcess = await startNginx(nginx, path.join(tmp, `nginx-${port}`), port,
-      bs.map((b, i) => ({ id: ['a', 'b'][i] as string, port: b.port, weight: 2 })), 2000);
-    return {
-      entry: proxy.url, pids: () => [...bs.map((b) => b.proc.pid ?? 0), ...proxy.pids()], acceptPids: () => proxy.pids(),
-      async stop() {
-        await proxy.stop().catch(() => undefined);
-        await Promise.all(bs.map(stop));
-      },
-    };
+    return nginxInFront(tmp, bs.map((b) => ({ port: b.port, pid: b.proc.pid ?? 0, stop: () => stop(b) })));
   }
   const b = await backend('m', {
     BENCH_ATTACH: '1', CLUSTER_DISCOVERY_URL: uniqueDbUrl(mongoUrl, 'bench_workers'), CLUSTER_SERVICE: 'web',
@@ -151,6 +162,96 @@ async function startStack(setup: Setup, mongoUrl: string, tmp: string): Promise<
   return { entry: b.url, pids: () => [b.proc.pid ?? 0, ...workerPids], acceptPids: () => [b.proc.pid ?? 0], stop: () => stop(b) };
 }
 
+interface Plain { readonly port: number; readonly pid: number; stop(): Promise<void> }
+
+async function nginxInFront(tmp: string, bs: readonly Plain[]): Promise<Stack> {
+  const port = await freePort();
+  const nginx = findBinary('nginx');
+  if (nginx === null) throw new Error('nginx is not installed (apt-get install -y nginx)');
+  const proxy: ProxyProcess = await startNginx(nginx, path.join(tmp, `nginx-${port}`), port,
+    bs.map((b, i) => ({ id: String.fromCharCode(97 + i), port: b.port, weight: 2 })), 2000);
+  return {
+    entry: proxy.url, pids: () => [...bs.map((b) => b.pid), ...proxy.pids()], acceptPids: () => proxy.pids(),
+    async stop() {
+      await proxy.stop().catch(() => undefined);
+      await Promise.all(bs.map((b) => b.stop()));
+    },
+  };
+}
+
+let built: Promise<BuiltApp> | null = null;
+
+/** examples/meteor-app built once per run with the real Meteor tool (the Atmosphere path, this checkout). */
+function meteorApp(): Promise<BuiltApp> {
+  built ??= (async () => {
+    log('building examples/meteor-app with Meteor (the first time takes minutes)...');
+    const app = await buildApp('meteor-app', { packageDirs: linkedPackageDirs() });
+    log(`  built in ${(app.buildMs / 1000).toFixed(0)} s: ${app.bundle}`);
+    return app;
+  })();
+  return built;
+}
+
+const DASHBOARD_PASSWORD = 'bench-workers-dashboard';
+
+/** `pid` and its descendants (a bundle started with CLUSTER_WORKERS_COUNT forks its workers). */
+function family(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    const p = out[i] as number;
+    try {
+      for (const tid of fs.readdirSync(`/proc/${p}/task`)) {
+        const kids = fs.readFileSync(`/proc/${p}/task/${tid}/children`, 'utf8').trim();
+        if (kids) out.push(...kids.split(/\s+/).map(Number));
+      }
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+async function stopBundle(p: MeteorProcess): Promise<void> {
+  const t = setTimeout(() => void p.kill('SIGKILL'), 15_000);
+  await p.kill('SIGTERM');
+  clearTimeout(t);
+}
+
+async function startMeteorStack(setup: Setup, mongoUrl: string, tmp: string, app: BuiltApp): Promise<Stack> {
+  const appDb = uniqueDbUrl(mongoUrl, 'bench_workers_app');
+  if (setup === 'one' || setup === 'nginx2') {
+    const ids = setup === 'one' ? ['one'] : ['a', 'b'];
+    const ps = await Promise.all(ids.map(async (id) => {
+      const port = await freePort();
+      return { port, p: await startBundle(app, id, port, { MONGO_URL: appDb }) };
+    }));
+    const plain = ps.map(({ port, p }) => ({ port, pid: p.proc.pid ?? 0, stop: () => stopBundle(p) }));
+    if (setup === 'nginx2') return nginxInFront(tmp, plain);
+    const one = plain[0] as Plain;
+    return { entry: `http://127.0.0.1:${one.port}`, pids: () => [one.pid], acceptPids: () => [], stop: () => one.stop() };
+  }
+  const port = await freePort();
+  const p = await startBundle(app, 'm', port, {
+    MONGO_URL: appDb, CLUSTER_DISCOVERY_URL: uniqueDbUrl(mongoUrl, 'bench_workers'), CLUSTER_SECRET: EXAMPLE_SECRET,
+    CLUSTER_ENDPOINT_URL: `http://127.0.0.1:${port}`, CLUSTER_CAPACITY: '2000',
+    CLUSTER_SLOW_START: '0', CLUSTER_WORKERS_COUNT: '2', CLUSTER_SELF_WEIGHT: setup === 'workers' ? '0' : '1',
+    CLUSTER_DASHBOARD_PASSWORD: DASHBOARD_PASSWORD,
+  });
+  // Formed: the primary sees itself and both workers healthy and serving.
+  const deadline = Date.now() + 90_000;
+  for (;;) {
+    const res = await fetch(`${p.url}/cluster/api/cluster`, {
+      headers: { authorization: `Basic ${Buffer.from(`bench:${DASHBOARD_PASSWORD}`).toString('base64')}` }, signal: AbortSignal.timeout(5000),
+    }).catch(() => null);
+    const members = res?.status === 200 ? ((await res.json()) as { members: { healthy: boolean; state: string }[] }).members : [];
+    if (members.filter((m) => m.healthy && m.state === 'serving').length === 3 && family(p.proc.pid ?? 0).length === 3) break;
+    if (Date.now() > deadline) throw new Error(`Meteor workers did not form: ${JSON.stringify(members)}\n${p.tail()}`);
+    await sleep(250);
+  }
+  const pid = p.proc.pid ?? 0;
+  return { entry: p.url, pids: () => family(pid), acceptPids: () => [pid], stop: () => stopBundle(p) };
+}
+
 /** Before a job, waits (at most 60 s) until other tenants use less than 0.35 cores. */
 async function waitQuiet(pids: () => number[]): Promise<number> {
   const deadline = Date.now() + 60_000;
@@ -159,21 +260,32 @@ async function waitQuiet(pids: () => number[]): Promise<number> {
   return f;
 }
 
+type OnMark = (what: string, loadgenPid: number) => void;
+
 /** Runs a job in a fresh load generator; `foreign`: other tenants' cores meanwhile. */
-async function runJob<R extends JobResult>(job: Job, pids: () => number[], onMark?: (what: string) => void): Promise<R & { foreign: number }> {
+async function runJob<R extends JobResult>(job: Job, pids: () => number[], onMark?: OnMark): Promise<R & { foreign: number }> {
   await waitQuiet(pids);
   const sys0 = systemCpu();
   const own0 = usage(pids()).cpu;
   const me0 = process.cpuUsage();
   const t0 = Date.now();
-  const r = await runJobRaw<R>(job, onMark);
+  const r = await (LOADGEN === 'go' ? runGo<R>(job, onMark) : runNode<R>(job, onMark));
   const me = process.cpuUsage(me0);
   const ours = usage(pids()).cpu - own0 + r.cpuSec + (me.user + me.system) / 1e6;
   const foreign = Math.max(0, (systemCpu().busy - sys0.busy - ours) / Math.max(0.001, (Date.now() - t0) / 1000));
   return { ...r.result, foreign: Math.round(foreign * 100) / 100 };
 }
 
-function runJobRaw<R extends JobResult>(job: Job, onMark?: (what: string) => void): Promise<{ result: R; cpuSec: number }> {
+interface Raw<R> { result: R; cpuSec: number }
+
+/** Handles one message of a load generator; resolves/rejects the job when it is the last. */
+function onLoadgenMessage<R>(m: Record<string, unknown>, pid: number, done: (err: Error | null, r?: Raw<R>) => void, onMark?: OnMark): void {
+  if (m.type === 'result') done(null, { result: m.result as R, cpuSec: Number(m.cpuSec ?? 0) });
+  else if (m.type === 'error') done(new Error(`load generator: ${String(m.message)}`));
+  else if (m.type === 'mark') onMark?.(String(m.what), pid);
+}
+
+function runNode<R extends JobResult>(job: Job, onMark?: OnMark): Promise<Raw<R>> {
   return new Promise((resolve, reject) => {
     const child = fork(path.join(REPO, 'bench', 'loadgen.ts'), [], {
       cwd: REPO, execArgv: ['--import', 'tsx', '--max-old-space-size=4096'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json',
@@ -182,18 +294,56 @@ function runJobRaw<R extends JobResult>(job: Job, onMark?: (what: string) => voi
       child.kill('SIGKILL');
       reject(new Error(`load generator (${job.kind}) exceeded 240 s`));
     }, 240_000);
-    child.on('message', (m: Record<string, unknown>) => {
-      if (m.type === 'result') {
-        clearTimeout(timer);
-        resolve({ result: m.result as R, cpuSec: Number(m.cpuSec ?? 0) });
-      } else if (m.type === 'error') {
-        clearTimeout(timer);
-        reject(new Error(`load generator: ${String(m.message)}`));
-      } else if (m.type === 'mark') {
-        onMark?.(String(m.what));
-      }
-    });
+    child.on('message', (m: Record<string, unknown>) => onLoadgenMessage<R>(m, child.pid ?? 0, (err, r) => {
+      clearTimeout(timer);
+      if (err) reject(err);
+      else resolve(r as Raw<R>);
+    }, onMark));
     child.send({ type: 'job', job });
+  });
+}
+
+let goBinary: string | null = null;
+
+/** bench/loadgen-go built once per run (Go fetches gorilla/websocket from the module proxy the first time). */
+function loadgenGo(): string {
+  if (goBinary !== null) return goBinary;
+  const bin = path.join(os.tmpdir(), `ddp-cluster-loadgen-go-${process.pid}`);
+  try {
+    execFileSync('go', ['build', '-o', bin, '.'], { cwd: path.join(REPO, 'bench', 'loadgen-go'), stdio: 'inherit' });
+  } catch (err) {
+    throw new Error(`building bench/loadgen-go failed (${(err as Error).message}); install Go >= 1.22, or run with --loadgen node`);
+  }
+  goBinary = bin;
+  return bin;
+}
+
+function runGo<R extends JobResult>(job: Job, onMark?: OnMark): Promise<Raw<R>> {
+  return new Promise((resolve, reject) => {
+    // One OS thread runs its goroutines, as one event loop runs the Node generator's clients.
+    const child = spawn(loadgenGo(), [JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, GOMAXPROCS: '1' } });
+    let settled = false;
+    const done = (err: Error | null, r?: Raw<R>): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (err) reject(err);
+      else resolve(r as Raw<R>);
+    };
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      done(new Error(`load generator (${job.kind}) exceeded 240 s`));
+    }, 240_000);
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      let m: Record<string, unknown>;
+      try {
+        m = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return done(new Error(`load generator printed ${line.slice(0, 200)}`));
+      }
+      onLoadgenMessage<R>(m, child.pid ?? 0, done, onMark);
+    });
+    child.once('exit', (code) => done(new Error(`load generator exited with ${code} before its result`)));
   });
 }
 
@@ -204,7 +354,8 @@ async function main(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ddp-cluster-bench-workers-'));
   const rows: Record<string, Row> = {};
   try {
-    log(`bench:workers${quick ? ' (quick)' : ''} on ${JSON.stringify(machine())}`);
+    log(`bench:workers${quick ? ' (quick)' : ''}, app ${APP}, load generator ${LOADGEN}, on ${JSON.stringify(machine())}`);
+    if (LOADGEN === 'go') loadgenGo();
     for (const setup of SETUPS) {
       const stack = await startStack(setup, mongo.url, tmp);
       const row: Row = {};
@@ -213,22 +364,34 @@ async function main(): Promise<void> {
         for (const transport of ['ws', 'xhr'] as const) {
           let all0 = 0;
           let acc0 = 0;
+          let gen0 = 0;
           let all = NaN;
           let acc = NaN;
-          const r = await runJob<ThroughputResult>({ kind: 'throughput', transport, entries: [stack.entry], pick: 'rr', ...P.throughput[transport] }, stack.pids, (what) => {
+          let gen = NaN;
+          const r = await runJob<ThroughputResult>({ kind: 'throughput', transport, entries: [stack.entry], pick: 'rr', ...P.throughput[transport] }, stack.pids, (what, loadgenPid) => {
             if (what === 'start') {
               all0 = usage(stack.pids()).cpu;
               acc0 = usage(stack.acceptPids()).cpu;
+              gen0 = cpuSeconds(loadgenPid);
             } else if (what === 'end') {
               all = usage(stack.pids()).cpu - all0;
               acc = usage(stack.acceptPids()).cpu - acc0;
+              gen = cpuSeconds(loadgenPid) - gen0;
             }
           });
+          const window = P.throughput[transport].durationMs / 1000;
           row[`tput_${transport}`] = r.callsPerSec;
           row[`tput_${transport}_errors`] = r.errors;
           row[`cpu_${transport}_accept_share`] = stack.acceptPids().length > 0 && all > 0 ? acc / all : null;
+          row[`cores_${transport}_servers`] = all / window;
+          row[`cores_${transport}_loadgen`] = gen / window;
+          // What the setup does per core it gets: calls per server CPU-second.
+          row[`calls_per_cpu_${transport}`] = all > 0 ? (r.callsPerSec * window) / all : null;
           row[`foreign_tput_${transport}`] = r.foreign;
-          log(`  ${setup} throughput ${transport}: ${r.callsPerSec} calls/s, ${r.errors} errors; server CPU ${all.toFixed(2)} s, accepting process ${acc.toFixed(2)} s; others ${r.foreign} cores`);
+          const perCall = (r as { requestsPerCall?: number }).requestsPerCall;
+          row[`requests_per_call_${transport}`] = perCall ?? null;
+          log(`  ${setup} throughput ${transport}: ${r.callsPerSec} calls/s, ${r.errors} errors; server CPU ${all.toFixed(2)} s, accepting process ${acc.toFixed(2)} s, `
+            + `load generator ${gen.toFixed(2)} s in ${window} s; ${perCall === undefined ? '' : `${perCall} requests per call; `}others ${r.foreign} cores`);
           await sleep(500);
         }
         for (const transport of ['ws', 'xhr'] as const) {
@@ -253,11 +416,13 @@ async function main(): Promise<void> {
   const ratio = (v: number | null | undefined, base: number | null | undefined): string =>
     v && base ? `${(v / base).toFixed(2)}×` : '-';
   const lines = [
-    '| Setup | ws calls/s | ×one | xhr calls/s | ×one | ws RTT p50 / p99 ms | xhr RTT p50 / p99 ms | accepting process CPU (ws max) | other tenants (cores, max) |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| Setup | ws calls/s | ×one | xhr calls/s | ×one | xhr requests per call | ws / xhr calls per server CPU-s (×one) | cores at ws max: servers + load generator | ws RTT p50 / p99 ms | xhr RTT p50 / p99 ms | accepting process CPU (ws max) | other tenants (cores, max) |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...SETUPS.map((s) => {
       const r = rows[s] ?? {};
-      return `| ${LABELS[s]} | ${fmt(r.tput_ws)} | ${ratio(r.tput_ws, one.tput_ws)} | ${fmt(r.tput_xhr)} | ${ratio(r.tput_xhr, one.tput_xhr)} | `
+      return `| ${LABELS[s]} | ${fmt(r.tput_ws)} | ${ratio(r.tput_ws, one.tput_ws)} | ${fmt(r.tput_xhr)} | ${ratio(r.tput_xhr, one.tput_xhr)} | ${fmt(r.requests_per_call_xhr, 2)} | `
+        + `${fmt(r.calls_per_cpu_ws)} (${ratio(r.calls_per_cpu_ws, one.calls_per_cpu_ws)}) / ${fmt(r.calls_per_cpu_xhr)} (${ratio(r.calls_per_cpu_xhr, one.calls_per_cpu_xhr)}) | `
+        + `${fmt(r.cores_ws_servers, 2)} + ${fmt(r.cores_ws_loadgen, 2)} | `
         + `${fmt(r.lat_ws_p50, 2)} / ${fmt(r.lat_ws_p99, 2)} | ${fmt(r.lat_xhr_p50, 2)} / ${fmt(r.lat_xhr_p99, 2)} | `
         + `${r.cpu_ws_accept_share === null || r.cpu_ws_accept_share === undefined ? '-' : `${(r.cpu_ws_accept_share * 100).toFixed(1)} %`} | `
         + `${fmt(Math.max(...['foreign_tput_ws', 'foreign_tput_xhr', 'foreign_lat_ws', 'foreign_lat_xhr'].map((k) => r[k] ?? 0)), 2)} |`;
@@ -266,7 +431,7 @@ async function main(): Promise<void> {
   log(`\n${lines.join('\n')}\n`);
   const out = args.out ?? path.join(REPO, 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
-  fs.writeFileSync(path.join(out, 'workers.json'), `${JSON.stringify({ at: new Date().toISOString(), quick, machine: machine(), params: P, rows, table: lines }, null, 2)}\n`);
+  fs.writeFileSync(path.join(out, 'workers.json'), `${JSON.stringify({ at: new Date().toISOString(), quick, app: APP, loadgen: LOADGEN, machine: machine(), params: P, rows, table: lines }, null, 2)}\n`);
 }
 
 main().then(() => process.exit(0), (err: unknown) => {

@@ -31,6 +31,10 @@ function whoami(connection) {
 const search = Cluster.discoverConnection('search');
 
 Meteor.methods({
+  // What `npm run bench:workers` calls: the cost of a DDP method round trip, nothing else.
+  echo(value) {
+    return value;
+  },
   whoami() {
     return whoami(this.connection);
   },

@@ -43,6 +43,19 @@ export interface AttachOptions extends ClusterOptions {
   readonly random?: () => number;
   /** CLUSTER_WORKERS_COUNT: worker ports and program; see README "Every core: workers". */
   readonly workers?: WorkersOptions;
+  /**
+   * A direct way into the app's SockJS server for what is served here, past listeners that only
+   * wrap it. Each returns true when it took the request (or upgrade); false sends it through the
+   * app's listeners as usual. The Meteor glue passes sockjs's own `middleware()` when Meteor's
+   * listeners have their standard shape: Meteor's wrapper (ddp-server's /websocket redirect)
+   * resolves a module with fs.statSync on every request, a quarter of an xhr poll's CPU.
+   */
+  readonly sockjsEntry?: SockjsEntry;
+}
+
+export interface SockjsEntry {
+  request(req: IncomingMessage, res: ServerResponse): boolean;
+  upgrade(req: IncomingMessage, socket: Socket, head: Buffer): boolean;
 }
 
 export type { ClusterStats } from './outcomes';
@@ -92,13 +105,15 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const closer = new SessionCloser(options.random ?? Math.random);
   const membership = new Membership({ config, logger, sessionCount, moved: () => closer.counts().rebalance });
   const liveSessions = (): Iterable<Closable> => (options.sessions ? options.sessions() : local.sockets());
-  const app = takeOver(server, local, logger);
+  const app = takeOver(server, local, logger, options.sockjsEntry);
+  const sockjsEntry = options.sockjsEntry ? 'direct' : 'listeners';
   const stats = (): ClusterStats => {
     const view = membership.view();
     return {
       ...gateway.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
       members: view.members.length, healthyMembers: view.members.filter((m) => m.healthy).length, discoveryOk: view.discoveryOk,
       health: membership.health(), discoveryRttMs: membership.rttMs, rebalance: rebalancer.stats(), workers: workers.stats(),
+      sockjsEntry,
     };
   };
   const dashboard = createDashboard({ config, logger, view: () => membership.view(), stats, on: (event, listener) => membership.on(event, listener) });
@@ -154,7 +169,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   });
   membership.start();
   rebalancer.start();
-  logger.info('cluster.attached', { config: redactedConfig(config) });
+  logger.info('cluster.attached', { config: redactedConfig(config), sockjsEntry });
 
   let closed: Promise<void> | null = null;
   const handle: ClusterHandle = {
@@ -232,7 +247,7 @@ interface TakenOver {
  * The app's 'request' and 'upgrade' listeners, taken off the server so that every request reaches
  * the balancer first; what it serves here goes to them, exactly as they'd have run.
  */
-function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOver {
+function takeOver(server: Server, local: LocalSessions, logger: Logger, direct?: SockjsEntry): TakenOver {
   const requestListeners = server.listeners('request') as RequestListener[];
   const upgradeListeners = server.listeners('upgrade') as UpgradeListener[];
   // The app's own listeners: an exception they throw must not become an uncaught one.
@@ -242,6 +257,7 @@ function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOv
   return {
     serveRequest(req, res) {
       try {
+        if (direct?.request(req, res)) return;
         for (const l of requestListeners) l.call(server, req, res);
       } catch (err) {
         appThrew(err, req);
@@ -251,6 +267,7 @@ function takeOver(server: Server, local: LocalSessions, logger: Logger): TakenOv
     serveUpgrade(req, socket, head) {
       local.websocket(socket);
       try {
+        if (direct?.upgrade(req, socket, head)) return;
         for (const l of upgradeListeners) l.call(server, req, socket, head);
       } catch (err) {
         appThrew(err, req);

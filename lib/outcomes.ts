@@ -195,6 +195,8 @@ export interface ClusterStats extends BalancerStats {
   readonly rebalance: RebalanceStats;
   /** CLUSTER_WORKERS_COUNT: this process's role, its workers (primary) and handoff counts. */
   readonly workers: WorkersStats;
+  /** How the SockJS requests served here reach the app: straight into sockjs (AttachOptions.sockjsEntry) or through the app's listeners. */
+  readonly sockjsEntry: 'direct' | 'listeners';
 }
 
 // ---------------------------------------------------------------------------------------------

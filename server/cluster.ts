@@ -8,6 +8,7 @@ import { ServiceConnection } from './discover';
 import type { DdpConnection, DdpConnectOptions, ServerPackages } from './meteor-env';
 import { pinDdpUrl } from './pin-ddp-url';
 import { meteorSessionTraits } from './session-traits';
+import { meteorSockjsEntry } from './sockjs-entry';
 
 /** `Cluster.connect` options: any core option (JS wins over the CLUSTER_* variables), plus pinning. */
 export interface ConnectOptions extends Omit<ClusterOptions, 'discoveryUrl'> {
@@ -149,8 +150,10 @@ export class MeteorCluster implements ClusterApi {
       createLogger(config.logLevel).info('workers.off_in_development', { note: 'meteor run: CLUSTER_WORKERS_COUNT is ignored, one process serves' });
       js.workersCount = 0;
     }
+    const sockjsEntry = meteorSockjsEntry(WebApp.httpServer, Meteor.server.stream_server, WebApp._timeoutAdjustmentRequestCallback);
     const handle = attach(WebApp.httpServer, {
       ...js, instanceId: config.instanceId, env,
+      ...(sockjsEntry && { sockjsEntry }),
       sessionCount: () => Meteor.server.sessions.size,
       sessions: () => Meteor.server.sessions.values(),
       sessionTraits: meteorSessionTraits,

@@ -33,12 +33,18 @@ export interface WebAppServer {
   addRuntimeConfigHook(hook: RuntimeConfigHook): { stop(): void };
   encodeRuntimeConfig(config: RuntimeConfig): string;
   decodeRuntimeConfig(encoded: string): RuntimeConfig;
+  /** Lengthens the socket timeout while a request is open (webapp_server.js); ddp-server calls it after sockjs. */
+  readonly _timeoutAdjustmentRequestCallback?: unknown;
 }
 
 export interface MeteorServer {
   startup(callback: () => void | Promise<void>): void;
   /** DDP sessions by id; a Session has close() (livedata_server.js). */
-  readonly server: { readonly sessions: ReadonlyMap<string, { close(): void }> };
+  readonly server: {
+    readonly sessions: ReadonlyMap<string, { close(): void }>;
+    /** ddp-server's StreamServer; its `server` is the sockjs server (stream_server.js). */
+    readonly stream_server?: { readonly server?: unknown };
+  };
 }
 
 export interface DdpStatic {

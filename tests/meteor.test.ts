@@ -43,6 +43,16 @@ async function apiMembers(p: MeteorProcess): Promise<ApiMember[]> {
   return ((await res.json()) as { members: ApiMember[] }).members;
 }
 
+/** The member's own stats, as the dashboard API gives them. */
+async function apiStats(p: MeteorProcess): Promise<{ sockjsEntry?: string }> {
+  const res = await fetch(`${p.url}/cluster/api/cluster`, {
+    headers: { authorization: `Basic ${Buffer.from(`test:${PASSWORD}`).toString('base64')}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  if (res.status !== 200) throw new Error(`${p.id} /cluster/api/cluster answered ${res.status}`);
+  return ((await res.json()) as { stats: { sockjsEntry?: string } }).stats;
+}
+
 /** Waits until every process sees exactly `ids` healthy and serving. */
 async function waitServing(procs: readonly MeteorProcess[], ids: readonly string[]): Promise<void> {
   const want = [...ids].sort().join();
@@ -316,6 +326,10 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
 
     after(async () => {
       await context?.close().catch(() => undefined);
+    });
+
+    it('hands what it serves straight to sockjs, past ddp-server\'s per-request wrapper (Meteor\'s listeners have the expected shape)', async () => {
+      for (const id of ['web-1', 'web-2']) assert.equal((await apiStats(cluster.get(id))).sockjsEntry, 'direct', id);
     });
 
     it('runs pages over xhr-polling on every member, with the forwarded client address, and survives kill -9', async () => {

@@ -74,6 +74,10 @@ export interface WhoamiResult {
 
 export interface DdpApp {
   readonly server: http.Server;
+  /** What Meteor calls `Meteor.server.stream_server`: its `server` is the sockjs server. */
+  readonly streamServer: { readonly server: unknown };
+  /** What Meteor calls `WebApp._timeoutAdjustmentRequestCallback`. */
+  readonly timeoutAdjustment: (req: http.IncomingMessage, res: http.ServerResponse) => void;
   readonly instanceId: string;
   /** Normalised ROOT_URL_PATH_PREFIX ('' or '/prefix'). */
   readonly rootUrlPathPrefix: string;
@@ -196,6 +200,7 @@ function sessionInternals(conn: SockjsModule.Connection): SockjsSessionInternals
 
 class MeteorLikeApp implements DdpApp {
   readonly server: http.Server;
+  streamServer: { readonly server: unknown } = { server: null };
   readonly instanceId: string;
   readonly rootUrlPathPrefix: string;
   readonly sockjsPrefix: string;
@@ -279,7 +284,7 @@ class MeteorLikeApp implements DdpApp {
   };
 
   /** WebApp._timeoutAdjustmentRequestCallback. */
-  private readonly timeoutAdjustment = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+  readonly timeoutAdjustment = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     req.setTimeout(this.opts.longSocketTimeout ?? LONG_SOCKET_TIMEOUT);
     const finishListeners = res.listeners('finish') as Array<(...args: unknown[]) => void>;
     res.removeAllListeners('finish');
@@ -306,6 +311,7 @@ class MeteorLikeApp implements DdpApp {
     // websocket never negotiates compression; DDP semantics are unaffected).
     if (this.opts.disableWebsockets) serverOptions.websocket = false;
     const sockjsServer = sockjs.createServer(serverOptions);
+    this.streamServer = { server: sockjsServer };
 
     this.server.removeListener('request', this.timeoutAdjustment);
     sockjsServer.installHandlers(this.server);

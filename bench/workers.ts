@@ -1,6 +1,7 @@
 /**
- * `npm run bench:workers` (issue 14): every core behind one port. Four setups, one run, on loopback:
+ * `npm run bench:workers` (issue 14): every core behind one port. Five setups, one run, on loopback:
  *   one      one plain process of the app (no balancer): the single-core baseline
+ *   single   one process with ddp-cluster attached, no workers: what serving through the balancer costs
  *   workers  ddp-cluster with CLUSTER_WORKERS_COUNT=2 on one port; the primary's CLUSTER_SELF_WEIGHT=0,
  *            so it only accepts and hands connections off (sessions run in the 2 workers)
  *   workers-serving  the same with the primary serving too (the default, CLUSTER_SELF_WEIGHT=1): what
@@ -61,10 +62,11 @@ const P = {
     xhr: { sessions: 90, depth: 2, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
   },
 };
-const SETUPS = ['one', 'workers', 'workers-serving', 'nginx2'] as const;
+const SETUPS = ['one', 'single', 'workers', 'workers-serving', 'nginx2'] as const;
 type Setup = (typeof SETUPS)[number];
 const LABELS: Record<Setup, string> = {
   one: 'one process',
+  single: 'one process with ddp-cluster (served here)',
   workers: 'ddp-cluster, 2 workers, one port',
   'workers-serving': 'ddp-cluster, 2 workers + serving primary, one port',
   nginx2: 'nginx in front of 2 processes',
@@ -142,8 +144,9 @@ async function startStack(setup: Setup, mongoUrl: string, tmp: string): Promise<
   const b = await backend('m', {
     BENCH_ATTACH: '1', CLUSTER_DISCOVERY_URL: uniqueDbUrl(mongoUrl, 'bench_workers'), CLUSTER_SERVICE: 'web',
     CLUSTER_SECRET: EXAMPLE_SECRET, CLUSTER_INSTANCE_ID: 'm', CLUSTER_LOG_LEVEL: 'error', CLUSTER_CAPACITY: '2000',
-    CLUSTER_SLOW_START: '0', CLUSTER_WORKERS_COUNT: '2', CLUSTER_SELF_WEIGHT: setup === 'workers' ? '0' : '1',
+    CLUSTER_SLOW_START: '0', CLUSTER_WORKERS_COUNT: setup === 'single' ? '0' : '2', CLUSTER_SELF_WEIGHT: setup === 'workers' ? '0' : '1',
   });
+  const want = setup === 'single' ? 0 : 2;
   let workerPids: number[] = [];
   // Formed: the primary sees both workers healthy and serving.
   const deadline = Date.now() + 60_000;
@@ -152,14 +155,14 @@ async function startStack(setup: Setup, mongoUrl: string, tmp: string): Promise<
     const members = (s.members ?? []) as { id: string; healthy: boolean; state: string }[];
     const cluster = (s.cluster ?? {}) as { workers?: { workers?: { pid: number | null; up: boolean }[] } };
     const ws = cluster.workers?.workers ?? [];
-    if (members.filter((m) => m.healthy && m.state === 'serving').length === 3 && ws.length === 2 && ws.every((w) => w.up)) {
+    if (members.filter((m) => m.healthy && m.state === 'serving').length === 1 + want && ws.length === want && ws.every((w) => w.up)) {
       workerPids = ws.map((w) => w.pid ?? 0);
       break;
     }
     if (Date.now() > deadline) throw new Error(`workers did not form: ${JSON.stringify(members)}`);
     await sleep(200);
   }
-  return { entry: b.url, pids: () => [b.proc.pid ?? 0, ...workerPids], acceptPids: () => [b.proc.pid ?? 0], stop: () => stop(b) };
+  return { entry: b.url, pids: () => [b.proc.pid ?? 0, ...workerPids], acceptPids: () => (want === 0 ? [] : [b.proc.pid ?? 0]), stop: () => stop(b) };
 }
 
 interface Plain { readonly port: number; readonly pid: number; stop(): Promise<void> }
@@ -234,9 +237,10 @@ async function startMeteorStack(setup: Setup, mongoUrl: string, tmp: string, app
   const p = await startBundle(app, 'm', port, {
     MONGO_URL: appDb, CLUSTER_DISCOVERY_URL: uniqueDbUrl(mongoUrl, 'bench_workers'), CLUSTER_SECRET: EXAMPLE_SECRET,
     CLUSTER_ENDPOINT_URL: `http://127.0.0.1:${port}`, CLUSTER_CAPACITY: '2000',
-    CLUSTER_SLOW_START: '0', CLUSTER_WORKERS_COUNT: '2', CLUSTER_SELF_WEIGHT: setup === 'workers' ? '0' : '1',
+    CLUSTER_SLOW_START: '0', CLUSTER_WORKERS_COUNT: setup === 'single' ? '0' : '2', CLUSTER_SELF_WEIGHT: setup === 'workers' ? '0' : '1',
     CLUSTER_DASHBOARD_PASSWORD: DASHBOARD_PASSWORD,
   });
+  const want = setup === 'single' ? 1 : 3;
   // Formed: the primary sees itself and both workers healthy and serving.
   const deadline = Date.now() + 90_000;
   for (;;) {
@@ -244,12 +248,12 @@ async function startMeteorStack(setup: Setup, mongoUrl: string, tmp: string, app
       headers: { authorization: `Basic ${Buffer.from(`bench:${DASHBOARD_PASSWORD}`).toString('base64')}` }, signal: AbortSignal.timeout(5000),
     }).catch(() => null);
     const members = res?.status === 200 ? ((await res.json()) as { members: { healthy: boolean; state: string }[] }).members : [];
-    if (members.filter((m) => m.healthy && m.state === 'serving').length === 3 && family(p.proc.pid ?? 0).length === 3) break;
+    if (members.filter((m) => m.healthy && m.state === 'serving').length === want && family(p.proc.pid ?? 0).length === want) break;
     if (Date.now() > deadline) throw new Error(`Meteor workers did not form: ${JSON.stringify(members)}\n${p.tail()}`);
     await sleep(250);
   }
   const pid = p.proc.pid ?? 0;
-  return { entry: p.url, pids: () => family(pid), acceptPids: () => [pid], stop: () => stopBundle(p) };
+  return { entry: p.url, pids: () => family(pid), acceptPids: () => (want === 1 ? [] : [pid]), stop: () => stopBundle(p) };
 }
 
 /** Before a job, waits (at most 60 s) until other tenants use less than 0.35 cores. */

@@ -44,10 +44,13 @@ const REPO = path.resolve(__dirname, '..');
 const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, out: { type: 'string' },
-    app: { type: 'string', default: 'meteor' }, loadgen: { type: 'string', default: 'go' },
+    app: { type: 'string', default: 'meteor' }, loadgen: { type: 'string', default: 'go' }, rounds: { type: 'string' },
   },
 });
 const quick = args.quick === true;
+/** Every setup runs once per round, rounds one after the other; each figure is the median over rounds. */
+const ROUNDS = Number(args.rounds ?? (quick ? 1 : 3));
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || ROUNDS > 9) throw new Error(`--rounds must be 1..9, not ${args.rounds}`);
 if (args.app !== 'meteor' && args.app !== 'reference') throw new Error(`--app must be meteor or reference, not ${args.app}`);
 if (args.loadgen !== 'go' && args.loadgen !== 'node') throw new Error(`--loadgen must be go or node, not ${args.loadgen}`);
 const APP = args.app;
@@ -58,8 +61,9 @@ const P = {
     xhr: { sessions: 30, rate: 200, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
   },
   throughput: {
-    ws: { sessions: 90, depth: 4, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
-    xhr: { sessions: 90, depth: 2, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
+    // Meteor's server code needs a few seconds of load before its JIT settles.
+    ws: { sessions: 90, depth: 4, warmupMs: quick ? 500 : 3000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
+    xhr: { sessions: 90, depth: 2, warmupMs: quick ? 500 : 3000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
   },
 };
 const SETUPS = ['one', 'single', 'workers', 'workers-serving', 'nginx2'] as const;
@@ -353,68 +357,94 @@ function runGo<R extends JobResult>(job: Job, onMark?: OnMark): Promise<Raw<R>> 
 
 type Row = Record<string, number | null>;
 
+/** One round: every setup started, measured and stopped in turn. */
+async function runRound(mongoUrl: string, tmp: string): Promise<Record<string, Row>> {
+  const rows: Record<string, Row> = {};
+  for (const setup of SETUPS) {
+    const stack = await startStack(setup, mongoUrl, tmp);
+    const row: Row = {};
+    try {
+      await sleep(1000);
+      for (const transport of ['ws', 'xhr'] as const) {
+        let all0 = 0;
+        let acc0 = 0;
+        let gen0 = 0;
+        let all = NaN;
+        let acc = NaN;
+        let gen = NaN;
+        const r = await runJob<ThroughputResult>({ kind: 'throughput', transport, entries: [stack.entry], pick: 'rr', ...P.throughput[transport] }, stack.pids, (what, loadgenPid) => {
+          if (what === 'start') {
+            all0 = usage(stack.pids()).cpu;
+            acc0 = usage(stack.acceptPids()).cpu;
+            gen0 = cpuSeconds(loadgenPid);
+          } else if (what === 'end') {
+            all = usage(stack.pids()).cpu - all0;
+            acc = usage(stack.acceptPids()).cpu - acc0;
+            gen = cpuSeconds(loadgenPid) - gen0;
+          }
+        });
+        const window = P.throughput[transport].durationMs / 1000;
+        row[`tput_${transport}`] = r.callsPerSec;
+        row[`tput_${transport}_errors`] = r.errors;
+        row[`cpu_${transport}_accept_share`] = stack.acceptPids().length > 0 && all > 0 ? acc / all : null;
+        row[`cores_${transport}_servers`] = all / window;
+        row[`cores_${transport}_loadgen`] = gen / window;
+        // What the setup does per core it gets: calls per server CPU-second.
+        row[`calls_per_cpu_${transport}`] = all > 0 ? (r.callsPerSec * window) / all : null;
+        row[`foreign_tput_${transport}`] = r.foreign;
+        const perCall = (r as { requestsPerCall?: number }).requestsPerCall;
+        row[`requests_per_call_${transport}`] = perCall ?? null;
+        log(`  ${setup} throughput ${transport}: ${r.callsPerSec} calls/s, ${r.errors} errors; server CPU ${all.toFixed(2)} s, accepting process ${acc.toFixed(2)} s, `
+          + `load generator ${gen.toFixed(2)} s in ${window} s; ${perCall === undefined ? '' : `${perCall} requests per call; `}others ${r.foreign} cores`);
+        await sleep(500);
+      }
+      for (const transport of ['ws', 'xhr'] as const) {
+        const r = await runJob<LatencyResult>({ kind: 'latency', transport, entries: [stack.entry], pick: 'rr', ...P.latency[transport] }, stack.pids);
+        row[`foreign_lat_${transport}`] = r.foreign;
+        row[`lat_${transport}_p50`] = r.ms.p50;
+        row[`lat_${transport}_p99`] = r.ms.p99;
+        row[`lat_${transport}_errors`] = r.errors;
+        log(`  ${setup} latency ${transport} @${r.offered}/s: p50 ${r.ms.p50} p99 ${r.ms.p99} ms, ${r.errors} errors; others ${r.foreign} cores`);
+        await sleep(500);
+      }
+    } finally {
+      await stack.stop();
+    }
+    rows[setup] = row;
+  }
+  return rows;
+}
+
+/** Per setup, the median of every figure over the rounds (NaN and null left out). */
+function medianRows(rounds: readonly Record<string, Row>[]): Record<string, Row> {
+  const out: Record<string, Row> = {};
+  for (const setup of SETUPS) {
+    const keys = new Set(rounds.flatMap((r) => Object.keys(r[setup] ?? {})));
+    const row: Row = {};
+    for (const k of keys) {
+      const xs = rounds.map((r) => r[setup]?.[k]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v)).sort((x, y) => x - y);
+      row[k] = xs.length === 0 ? null : (xs.length % 2 === 1 ? xs[(xs.length - 1) / 2] as number : ((xs[xs.length / 2 - 1] as number) + (xs[xs.length / 2] as number)) / 2);
+    }
+    out[setup] = row;
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
   const mongo = await startMongo();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ddp-cluster-bench-workers-'));
-  const rows: Record<string, Row> = {};
+  const rounds: Record<string, Row>[] = [];
   try {
-    log(`bench:workers${quick ? ' (quick)' : ''}, app ${APP}, load generator ${LOADGEN}, on ${JSON.stringify(machine())}`);
+    log(`bench:workers${quick ? ' (quick)' : ''}, app ${APP}, load generator ${LOADGEN}, ${ROUNDS} round(s), on ${JSON.stringify(machine())}`);
     if (LOADGEN === 'go') loadgenGo();
-    for (const setup of SETUPS) {
-      const stack = await startStack(setup, mongo.url, tmp);
-      const row: Row = {};
-      try {
-        await sleep(1000);
-        for (const transport of ['ws', 'xhr'] as const) {
-          let all0 = 0;
-          let acc0 = 0;
-          let gen0 = 0;
-          let all = NaN;
-          let acc = NaN;
-          let gen = NaN;
-          const r = await runJob<ThroughputResult>({ kind: 'throughput', transport, entries: [stack.entry], pick: 'rr', ...P.throughput[transport] }, stack.pids, (what, loadgenPid) => {
-            if (what === 'start') {
-              all0 = usage(stack.pids()).cpu;
-              acc0 = usage(stack.acceptPids()).cpu;
-              gen0 = cpuSeconds(loadgenPid);
-            } else if (what === 'end') {
-              all = usage(stack.pids()).cpu - all0;
-              acc = usage(stack.acceptPids()).cpu - acc0;
-              gen = cpuSeconds(loadgenPid) - gen0;
-            }
-          });
-          const window = P.throughput[transport].durationMs / 1000;
-          row[`tput_${transport}`] = r.callsPerSec;
-          row[`tput_${transport}_errors`] = r.errors;
-          row[`cpu_${transport}_accept_share`] = stack.acceptPids().length > 0 && all > 0 ? acc / all : null;
-          row[`cores_${transport}_servers`] = all / window;
-          row[`cores_${transport}_loadgen`] = gen / window;
-          // What the setup does per core it gets: calls per server CPU-second.
-          row[`calls_per_cpu_${transport}`] = all > 0 ? (r.callsPerSec * window) / all : null;
-          row[`foreign_tput_${transport}`] = r.foreign;
-          const perCall = (r as { requestsPerCall?: number }).requestsPerCall;
-          row[`requests_per_call_${transport}`] = perCall ?? null;
-          log(`  ${setup} throughput ${transport}: ${r.callsPerSec} calls/s, ${r.errors} errors; server CPU ${all.toFixed(2)} s, accepting process ${acc.toFixed(2)} s, `
-            + `load generator ${gen.toFixed(2)} s in ${window} s; ${perCall === undefined ? '' : `${perCall} requests per call; `}others ${r.foreign} cores`);
-          await sleep(500);
-        }
-        for (const transport of ['ws', 'xhr'] as const) {
-          const r = await runJob<LatencyResult>({ kind: 'latency', transport, entries: [stack.entry], pick: 'rr', ...P.latency[transport] }, stack.pids);
-          row[`foreign_lat_${transport}`] = r.foreign;
-          row[`lat_${transport}_p50`] = r.ms.p50;
-          row[`lat_${transport}_p99`] = r.ms.p99;
-          row[`lat_${transport}_errors`] = r.errors;
-          log(`  ${setup} latency ${transport} @${r.offered}/s: p50 ${r.ms.p50} p99 ${r.ms.p99} ms, ${r.errors} errors; others ${r.foreign} cores`);
-          await sleep(500);
-        }
-      } finally {
-        await stack.stop();
-      }
-      rows[setup] = row;
+    for (let round = 1; round <= ROUNDS; round++) {
+      log(`round ${round} of ${ROUNDS}`);
+      rounds.push(await runRound(mongo.url, tmp));
     }
   } finally {
     await disposeAll().catch(() => undefined);
   }
+  const rows = medianRows(rounds);
   const one = rows.one ?? {};
   const fmt = (v: number | null | undefined, d = 0): string => (v === null || v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d));
   const ratio = (v: number | null | undefined, base: number | null | undefined): string =>
@@ -435,7 +465,7 @@ async function main(): Promise<void> {
   log(`\n${lines.join('\n')}\n`);
   const out = args.out ?? path.join(REPO, 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
-  fs.writeFileSync(path.join(out, 'workers.json'), `${JSON.stringify({ at: new Date().toISOString(), quick, app: APP, loadgen: LOADGEN, machine: machine(), params: P, rows, table: lines }, null, 2)}\n`);
+  fs.writeFileSync(path.join(out, 'workers.json'), `${JSON.stringify({ at: new Date().toISOString(), quick, app: APP, loadgen: LOADGEN, rounds: ROUNDS, machine: machine(), params: P, rows, perRound: rounds, table: lines }, null, 2)}\n`);
 }
 
 main().then(() => process.exit(0), (err: unknown) => {

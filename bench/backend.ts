@@ -1,7 +1,8 @@
 /**
  * One benchmark backend: the reference DDP app (examples/node-ddp-app/app.ts: sockjs 0.3.24 installed
  * the way Meteor's ddp-server does it), with ddp-cluster attached when BENCH_ATTACH=1 (configured
- * by the CLUSTER_* env vars) or as a plain app otherwise. Started by bench/run.ts with an IPC
+ * by the CLUSTER_* env vars, and as the Meteor package attaches: with the direct SockJS entry) or
+ * as a plain app otherwise. Started by bench/run.ts with an IPC
  * channel:
  *   child  → {type:'ready', url, pid}
  *   parent → {type:'stats'}  child → {type:'stats', sessions, cluster, members}
@@ -13,6 +14,7 @@ import fs from 'node:fs';
 import { Session } from 'node:inspector';
 import { attach, type ClusterHandle } from '../lib/attach';
 import { createDdpApp } from '../examples/node-ddp-app/app';
+import { meteorSockjsEntry } from '../server/sockjs-entry';
 
 async function main(): Promise<void> {
   const id = process.env.BENCH_ID ?? 'app';
@@ -21,7 +23,12 @@ async function main(): Promise<void> {
   let cluster: ClusterHandle | null = null;
   if (process.env.BENCH_ATTACH === '1') {
     // The sessions too: rebalancing (and a drain) close them so their clients reconnect elsewhere.
-    cluster = attach(app.server, { endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values() });
+    // Attached as the Meteor package attaches to a Meteor server: served-here SockJS requests go
+    // straight into sockjs (server/sockjs-entry.ts), the app's listeners get the rest.
+    const sockjsEntry = meteorSockjsEntry(app.server, app.streamServer, app.timeoutAdjustment) ?? undefined;
+    cluster = attach(app.server, {
+      endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(), ...(sockjsEntry && { sockjsEntry }),
+    });
     await cluster.ready();
   }
   process.on('message', (m: { type?: string }) => {

@@ -535,17 +535,34 @@ func openMany(job *Job) ([]*client, int, string) {
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
-func throughput(job *Job) (map[string]any, error) {
+// window is a job's open sessions and its timeline: warm-up from start, measured from measureFrom
+// to end (marked on stdout and counted by `requests`).
+type window struct {
+	clients                 []*client
+	openErrs                int
+	body                    string
+	start, measureFrom, end time.Time
+}
+
+func openWindow(job *Job) (*window, error) {
 	clients, openErrs, firstErr := openMany(job)
 	if len(clients) == 0 {
 		return nil, fmt.Errorf("no session opened: %s", firstErr)
 	}
-	body := strings.Repeat("x", job.PayloadBytes)
-	start := time.Now()
-	measureFrom := start.Add(time.Duration(job.WarmupMs) * time.Millisecond)
-	end := measureFrom.Add(time.Duration(job.DurationMs) * time.Millisecond)
-	time.AfterFunc(time.Until(measureFrom), func() { measuring.Store(true); mark("start") })
-	time.AfterFunc(time.Until(end), func() { measuring.Store(false) })
+	w := &window{clients: clients, openErrs: openErrs, body: strings.Repeat("x", job.PayloadBytes), start: time.Now()}
+	w.measureFrom = w.start.Add(time.Duration(job.WarmupMs) * time.Millisecond)
+	w.end = w.measureFrom.Add(time.Duration(job.DurationMs) * time.Millisecond)
+	time.AfterFunc(time.Until(w.measureFrom), func() { measuring.Store(true); mark("start") })
+	time.AfterFunc(time.Until(w.end), func() { measuring.Store(false) })
+	return w, nil
+}
+
+func throughput(job *Job) (map[string]any, error) {
+	w, err := openWindow(job)
+	if err != nil {
+		return nil, err
+	}
+	clients, openErrs, body, measureFrom, end := w.clients, w.openErrs, w.body, w.measureFrom, w.end
 	var mu sync.Mutex
 	var samples []float64
 	done, errs := 0, 0
@@ -601,15 +618,11 @@ func throughput(job *Job) (map[string]any, error) {
 }
 
 func latency(job *Job) (map[string]any, error) {
-	clients, openErrs, firstErr := openMany(job)
-	if len(clients) == 0 {
-		return nil, fmt.Errorf("no session opened: %s", firstErr)
+	w, err := openWindow(job)
+	if err != nil {
+		return nil, err
 	}
-	body := strings.Repeat("x", job.PayloadBytes)
-	start := time.Now()
-	measureFrom := start.Add(time.Duration(job.WarmupMs) * time.Millisecond)
-	end := measureFrom.Add(time.Duration(job.DurationMs) * time.Millisecond)
-	time.AfterFunc(time.Until(measureFrom), func() { mark("start") })
+	clients, openErrs, body, start, measureFrom, end := w.clients, w.openErrs, w.body, w.start, w.measureFrom, w.end
 	var mu sync.Mutex
 	var samples []float64
 	errs, late, sent := 0, 0, 0

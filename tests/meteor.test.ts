@@ -18,7 +18,7 @@ import { endpointHash } from '../lib/index';
 import { TEST_SECRET } from './support/cluster';
 import { httpRequest, rawXhrDdp, wsDdp, type WsDdpClient } from '../examples/node-ddp-app/clients';
 import {
-  buildApp, killAll, linkedPackageDirs, meteorRun, meteorTool, packTarball, startBundle,
+  buildApp, killAll, linkedPackageDirs, meteorRun, meteorTool, packTarball, startBundleOnFreePort,
   type BuiltApp, type MeteorProcess,
 } from './support/meteor-real';
 import { freePort, mongo, uniqueDbUrl } from './support/mongo';
@@ -74,10 +74,11 @@ async function startWeb(app: BuiltApp, name: string, n: number, env: (port: numb
   const ids = Array.from({ length: n + 1 }, (_, i) => `web-${i}`);
   const procs = new Map<string, MeteorProcess>();
   await Promise.all(ids.map(async (id) => {
-    const port = await freePort();
-    const member = memberEnv(db, name, port);
-    if (id === 'web-0') delete member.CLUSTER_ENDPOINT_URL;
-    procs.set(id, await startBundle(app, id, port, { ...member, ...env(port) }));
+    procs.set(id, await startBundleOnFreePort(app, id, (port) => {
+      const member = memberEnv(db, name, port);
+      if (id === 'web-0') delete member.CLUSTER_ENDPOINT_URL;
+      return { ...member, ...env(port) };
+    }));
   }));
   await waitServing([...procs.values()], ids.slice(1));
   return { db, procs, get: (id) => procs.get(id) ?? assert.fail(`no ${id}`) };
@@ -193,8 +194,7 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
     before(async function () {
       this.timeout(180_000);
       cluster = await startWeb(web, 'ws', 3);
-      const port = await freePort();
-      searchProc = await startBundle(search, 'search-1', port, memberEnv(cluster.db, 'ws', port));
+      searchProc = await startBundleOnFreePort(search, 'search-1', (port) => memberEnv(cluster.db, 'ws', port));
       await waitServing([searchProc, cluster.get('web-0')], ['web-1', 'web-2', 'web-3', 'search-1']);
       context = await browser.newContext();
     });
@@ -318,8 +318,7 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
       this.timeout(180_000);
       cluster = await startWeb(web, 'xhr', 2, () => ({ DISABLE_WEBSOCKETS: '1', HTTP_FORWARDED_COUNT: '1' }));
       // A polling-only search member: web's server-side discoverConnection can't use it (websocket only).
-      const port = await freePort();
-      await startBundle(search, 'search-2', port, { ...memberEnv(cluster.db, 'xhr', port), DISABLE_WEBSOCKETS: '1' });
+      await startBundleOnFreePort(search, 'search-2', (port) => ({ ...memberEnv(cluster.db, 'xhr', port), DISABLE_WEBSOCKETS: '1' }));
       // Pages behind a proxy that says who the client is.
       context = await browser.newContext({ extraHTTPHeaders: { 'x-forwarded-for': '198.51.100.7' } });
     });
@@ -420,9 +419,8 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
 
     before(async function () {
       this.timeout(180_000);
-      const port = await freePort();
       const db = uniqueDbUrl(mongo().url, 'm_workers');
-      proc = await startBundle(web, 'wk', port, { ...memberEnv(db, 'workers', port), CLUSTER_WORKERS_COUNT: '2', CLUSTER_SLOW_START: '0' });
+      proc = await startBundleOnFreePort(web, 'wk', (port) => ({ ...memberEnv(db, 'workers', port), CLUSTER_WORKERS_COUNT: '2', CLUSTER_SLOW_START: '0' }));
       await waitServing([proc], ['wk', 'wk-w1', 'wk-w2']);
       context = await browser.newContext();
     });

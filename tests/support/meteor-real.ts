@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { freePort } from '../../examples/node-ddp-app/mongo';
 import { waitForEvent } from './wait';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -245,6 +246,22 @@ export async function startBundle(app: BuiltApp, id: string, port: number, env: 
   await p.waitForLine(/"event":"cluster\.attached"|cluster: not clustered/, 'the cluster to attach');
   await waitListening(p, url);
   return p;
+}
+
+/**
+ * startBundle on a free port. A port free when probed can become an outgoing connection's
+ * ephemeral port before Meteor binds 0.0.0.0 to it (seen in bench runs with many connections
+ * open): on EADDRINUSE another port is tried, 3 in all.
+ */
+export async function startBundleOnFreePort(app: BuiltApp, id: string, env: (port: number) => Record<string, string>): Promise<MeteorProcess> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    try {
+      return await startBundle(app, id, port, env(port));
+    } catch (err) {
+      if (attempt >= 3 || !String((err as Error).message).includes('EADDRINUSE')) throw err;
+    }
+  }
 }
 
 /** `meteor run --port <port>` in the app's source dir (dev mode); resolves once it serves HTTP. */

@@ -7,6 +7,9 @@
  *   workers-serving  the same with the primary serving too (the default, CLUSTER_SELF_WEIGHT=1): what
  *            a third app process on 2 cores costs or brings
  *   nginx2   nginx in front of 2 plain processes
+ * and, when named with --setups (Meteor app only), the hop pair: `hop`, a ddp-cluster entry with
+ * CLUSTER_SELF_WEIGHT=0 that proxies every session to one app process behind it, and `nginx1`,
+ * nginx in front of one process.
  * For each: websocket and xhr-polling max throughput (method calls/s), and method RTT at a fixed
  * offered load (the same for every setup). For `workers`, the CPU the primary spent (accepting,
  * reading first requests, handing off, plus its own heartbeats and health checks) as a share of
@@ -22,7 +25,8 @@
  * toolchain, a third of the Node one's CPU per xhr call and half per websocket call) or `node`
  * (bench/loadgen.ts, what `npm run bench` uses).
  *
- *   npm run bench:workers [-- --quick] [-- --app meteor|reference] [-- --loadgen go|node] [-- --out bench/results]
+ *   npm run bench:workers [-- --quick] [-- --app meteor|reference] [-- --loadgen go|node] [-- --rounds N]
+ *                         [-- --setups one,hop,nginx1] [-- --out bench/results]
  *
  * Writes <out>/workers.json and prints a Markdown table. Needs nginx and a MongoDB-compatible
  * server (as `npm run bench`), Go for the default load generator, Meteor for the default app.
@@ -38,13 +42,13 @@ import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { Job, JobResult, LatencyResult, ThroughputResult } from './loadgen';
 import { cpuSeconds, foreignCores, machine, systemCpu, usage } from './procstat';
 import { findBinary, startNginx, type ProxyProcess } from './proxies';
-import { buildApp, linkedPackageDirs, startBundle, type BuiltApp, type MeteorProcess } from '../tests/support/meteor-real';
+import { buildApp, linkedPackageDirs, startBundleOnFreePort, type BuiltApp, type MeteorProcess } from '../tests/support/meteor-real';
 
 const REPO = path.resolve(__dirname, '..');
 const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, out: { type: 'string' },
-    app: { type: 'string', default: 'meteor' }, loadgen: { type: 'string', default: 'go' }, rounds: { type: 'string' },
+    app: { type: 'string', default: 'meteor' }, loadgen: { type: 'string', default: 'go' }, rounds: { type: 'string' }, setups: { type: 'string' },
   },
 });
 const quick = args.quick === true;
@@ -66,15 +70,26 @@ const P = {
     xhr: { sessions: 90, depth: 2, warmupMs: quick ? 500 : 3000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
   },
 };
-const SETUPS = ['one', 'single', 'workers', 'workers-serving', 'nginx2'] as const;
-type Setup = (typeof SETUPS)[number];
+/** The setups of a default run; `--setups` may also name the hop pair (Meteor app only). */
+const DEFAULT_SETUPS = ['one', 'single', 'workers', 'workers-serving', 'nginx2'] as const;
+const ALL_SETUPS = [...DEFAULT_SETUPS, 'hop', 'nginx1'] as const;
+type Setup = (typeof ALL_SETUPS)[number];
 const LABELS: Record<Setup, string> = {
+  hop: 'ddp-cluster, forced hop (entry serves nothing, 1 app process behind)',
+  nginx1: 'nginx in front of 1 process',
   one: 'one process',
   single: 'one process with ddp-cluster (served here)',
   workers: 'ddp-cluster, 2 workers, one port',
   'workers-serving': 'ddp-cluster, 2 workers + serving primary, one port',
   nginx2: 'nginx in front of 2 processes',
 };
+
+const SETUPS: readonly Setup[] = args.setups === undefined ? DEFAULT_SETUPS : args.setups.split(',').map((x) => {
+  const setup = x.trim() as Setup;
+  if (!ALL_SETUPS.includes(setup)) throw new Error(`--setups: unknown setup ${x}; use ${ALL_SETUPS.join(', ')}`);
+  if ((setup === 'hop' || setup === 'nginx1') && APP !== 'meteor') throw new Error(`--setups ${setup}: Meteor app only (npm run bench measures the reference app's hops)`);
+  return setup;
+});
 
 const log = (line: string): void => void process.stdout.write(`${line}\n`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -224,40 +239,70 @@ async function stopBundle(p: MeteorProcess): Promise<void> {
   clearTimeout(t);
 }
 
+/** A bundle on a free port (another one if it was taken meanwhile), and that port. */
+async function bundleOnFreePort(app: BuiltApp, id: string, env: (port: number) => Record<string, string>): Promise<{ port: number; p: MeteorProcess }> {
+  const p = await startBundleOnFreePort(app, id, env);
+  return { port: Number(new URL(p.url).port), p };
+}
+
 async function startMeteorStack(setup: Setup, mongoUrl: string, tmp: string, app: BuiltApp): Promise<Stack> {
   const appDb = uniqueDbUrl(mongoUrl, 'bench_workers_app');
-  if (setup === 'one' || setup === 'nginx2') {
-    const ids = setup === 'one' ? ['one'] : ['a', 'b'];
-    const ps = await Promise.all(ids.map(async (id) => {
-      const port = await freePort();
-      return { port, p: await startBundle(app, id, port, { MONGO_URL: appDb }) };
-    }));
+  if (setup === 'hop') return meteorHop(mongoUrl, appDb, app);
+  if (setup === 'one' || setup === 'nginx2' || setup === 'nginx1') {
+    const ids = setup === 'nginx2' ? ['a', 'b'] : ['one'];
+    const ps = await Promise.all(ids.map((id) => bundleOnFreePort(app, id, () => ({ MONGO_URL: appDb }))));
     const plain = ps.map(({ port, p }) => ({ port, pid: p.proc.pid ?? 0, stop: () => stopBundle(p) }));
-    if (setup === 'nginx2') return nginxInFront(tmp, plain);
+    if (setup !== 'one') return nginxInFront(tmp, plain);
     const one = plain[0] as Plain;
     return { entry: `http://127.0.0.1:${one.port}`, pids: () => [one.pid], acceptPids: () => [], stop: () => one.stop() };
   }
-  const port = await freePort();
-  const p = await startBundle(app, 'm', port, {
-    MONGO_URL: appDb, CLUSTER_DISCOVERY_URL: uniqueDbUrl(mongoUrl, 'bench_workers'), CLUSTER_SECRET: EXAMPLE_SECRET,
+  const discovery = uniqueDbUrl(mongoUrl, 'bench_workers');
+  const { p } = await bundleOnFreePort(app, 'm', (port) => ({
+    MONGO_URL: appDb, CLUSTER_DISCOVERY_URL: discovery, CLUSTER_SECRET: EXAMPLE_SECRET,
     CLUSTER_ENDPOINT_URL: `http://127.0.0.1:${port}`, CLUSTER_CAPACITY: '2000',
     CLUSTER_SLOW_START: '0', CLUSTER_WORKERS_COUNT: setup === 'single' ? '0' : '2', CLUSTER_SELF_WEIGHT: setup === 'workers' ? '0' : '1',
     CLUSTER_DASHBOARD_PASSWORD: DASHBOARD_PASSWORD,
-  });
+  }));
   const want = setup === 'single' ? 1 : 3;
   // Formed: the primary sees itself and both workers healthy and serving.
   const deadline = Date.now() + 90_000;
   for (;;) {
-    const res = await fetch(`${p.url}/cluster/api/cluster`, {
-      headers: { authorization: `Basic ${Buffer.from(`bench:${DASHBOARD_PASSWORD}`).toString('base64')}` }, signal: AbortSignal.timeout(5000),
-    }).catch(() => null);
-    const members = res?.status === 200 ? ((await res.json()) as { members: { healthy: boolean; state: string }[] }).members : [];
-    if (members.filter((m) => m.healthy && m.state === 'serving').length === want && family(p.proc.pid ?? 0).length === want) break;
-    if (Date.now() > deadline) throw new Error(`Meteor workers did not form: ${JSON.stringify(members)}\n${p.tail()}`);
+    const serving = await servingMembers(p.url);
+    if (serving === want && family(p.proc.pid ?? 0).length === want) break;
+    if (Date.now() > deadline) throw new Error(`Meteor workers did not form: ${serving} serving\n${p.tail()}`);
     await sleep(250);
   }
   const pid = p.proc.pid ?? 0;
   return { entry: p.url, pids: () => family(pid), acceptPids: () => (want === 1 ? [] : [pid]), stop: () => stopBundle(p) };
+}
+
+/** Members a process sees healthy and serving, from its dashboard API. */
+async function servingMembers(url: string): Promise<number> {
+  const res = await fetch(`${url}/cluster/api/cluster`, {
+    headers: { authorization: `Basic ${Buffer.from(`bench:${DASHBOARD_PASSWORD}`).toString('base64')}` }, signal: AbortSignal.timeout(5000),
+  }).catch(() => null);
+  const members = res?.status === 200 ? ((await res.json()) as { members: { healthy: boolean; state: string }[] }).members : [];
+  return members.filter((m) => m.healthy && m.state === 'serving').length;
+}
+
+/**
+ * The forced hop in Meteor: bundle `a` (CLUSTER_SELF_WEIGHT=0, the entry every client uses) proxies
+ * every session to bundle `b`, as nginx in front of 1 process does to that one process.
+ */
+async function meteorHop(mongoUrl: string, appDb: string, app: BuiltApp): Promise<Stack> {
+  const discovery = uniqueDbUrl(mongoUrl, 'bench_hop');
+  const start = async (id: string): Promise<MeteorProcess> => (await bundleOnFreePort(app, id, (port) => ({
+    MONGO_URL: appDb, CLUSTER_DISCOVERY_URL: discovery, CLUSTER_SECRET: EXAMPLE_SECRET, CLUSTER_ENDPOINT_URL: `http://127.0.0.1:${port}`,
+    CLUSTER_CAPACITY: '2000', CLUSTER_SLOW_START: '0', CLUSTER_DASHBOARD_PASSWORD: DASHBOARD_PASSWORD, CLUSTER_SELF_WEIGHT: id === 'a' ? '0' : '1',
+  }))).p;
+  const [a, b] = await Promise.all([start('a'), start('b')]);
+  const deadline = Date.now() + 90_000;
+  while ((await servingMembers(a.url)) !== 2) {
+    if (Date.now() > deadline) throw new Error(`the hop pair did not form:\n${a.tail()}\n${b.tail()}`);
+    await sleep(250);
+  }
+  const pids = [a.proc.pid ?? 0, b.proc.pid ?? 0];
+  return { entry: a.url, pids: () => pids, acceptPids: () => [pids[0] as number], stop: async () => void (await Promise.all([stopBundle(a), stopBundle(b)])) };
 }
 
 /** Before a job, waits (at most 60 s) until other tenants use less than 0.35 cores. */

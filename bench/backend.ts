@@ -25,7 +25,7 @@ async function main(): Promise<void> {
     // The sessions too: rebalancing (and a drain) close them so their clients reconnect elsewhere.
     // Attached as the Meteor package attaches to a Meteor server: served-here SockJS requests go
     // straight into sockjs (server/sockjs-entry.ts), the app's listeners get the rest.
-    const sockjsEntry = meteorSockjsEntry(app.server, app.streamServer, app.timeoutAdjustment) ?? undefined;
+    const sockjsEntry = meteorSockjsEntry(app.server, app.streamServer, app.timeoutAdjustment);
     cluster = attach(app.server, {
       endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(), ...(sockjsEntry && { sockjsEntry }),
     });

@@ -42,6 +42,7 @@ import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { Job, JobResult, LatencyResult, ThroughputResult } from './loadgen';
 import { cpuSeconds, foreignCores, machine, systemCpu, usage } from './procstat';
 import { findBinary, startNginx, type ProxyProcess } from './proxies';
+import { median } from './report';
 import { buildApp, linkedPackageDirs, startBundleOnFreePort, type BuiltApp, type MeteorProcess } from '../tests/support/meteor-real';
 
 const REPO = path.resolve(__dirname, '..');
@@ -467,8 +468,8 @@ function medianRows(rounds: readonly Record<string, Row>[]): Record<string, Row>
     const keys = new Set(rounds.flatMap((r) => Object.keys(r[setup] ?? {})));
     const row: Row = {};
     for (const k of keys) {
-      const xs = rounds.map((r) => r[setup]?.[k]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v)).sort((x, y) => x - y);
-      row[k] = xs.length === 0 ? null : (xs.length % 2 === 1 ? xs[(xs.length - 1) / 2] as number : ((xs[xs.length / 2 - 1] as number) + (xs[xs.length / 2] as number)) / 2);
+      const xs = rounds.map((r) => r[setup]?.[k]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+      row[k] = xs.length === 0 ? null : median(xs);
     }
     out[setup] = row;
   }

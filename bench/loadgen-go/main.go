@@ -132,14 +132,16 @@ type ddpMessage struct {
 
 // client is one DDP session over either transport.
 type client struct {
-	send    func(msgs []string) error // one SockJS send of these DDP messages
-	sendRaw func(frame []byte) error  // one SockJS send of an already encoded JSON array
-	close   func()
-	mu      sync.Mutex
-	pending map[string]func(error)
-	nextID  int
-	connect chan error
-	dead    atomic.Bool
+	send func(msgs []string) error // one SockJS send of these DDP messages
+	// sendCall sends the 'echo' call `id` with a JSON-safe body; the transport builds its own wire
+	// form (a ready-made websocket frame, or a message queued for the next xhr_send).
+	sendCall func(id, body string) error
+	close    func()
+	mu       sync.Mutex
+	pending  map[string]func(error)
+	nextID   int
+	connect  chan error
+	dead     atomic.Bool
 }
 
 var errClosed = errors.New("connection closed")
@@ -265,8 +267,7 @@ func (c *client) call(body string, done func(error)) {
 	id := strconv.Itoa(c.nextID)
 	c.pending[id] = done
 	c.mu.Unlock()
-	// body is JSON-safe (bench payloads are 'x's): the frame is built, not marshalled.
-	if err := c.sendRaw([]byte(`["{\"msg\":\"method\",\"id\":\"` + id + `\",\"method\":\"echo\",\"params\":[\"` + body + `\"]}"]`)); err != nil {
+	if err := c.sendCall(id, body); err != nil {
 		c.close() // a failed write means the connection is gone: finish() fails every pending call
 	}
 }
@@ -334,7 +335,7 @@ func openWs(k int, entry string) (*client, error) {
 	}
 	c := &client{pending: map[string]func(error){}, connect: make(chan error, 1)}
 	var wmu sync.Mutex
-	c.sendRaw = func(b []byte) error {
+	write := func(b []byte) error {
 		counted()
 		wmu.Lock()
 		defer wmu.Unlock()
@@ -342,7 +343,11 @@ func openWs(k int, entry string) (*client, error) {
 	}
 	c.send = func(msgs []string) error {
 		b, _ := json.Marshal(msgs)
-		return c.sendRaw(b)
+		return write(b)
+	}
+	// The body is JSON-safe (bench payloads are 'x's): the frame is built, not marshalled.
+	c.sendCall = func(id, body string) error {
+		return write([]byte(`["{\"msg\":\"method\",\"id\":\"` + id + `\",\"method\":\"echo\",\"params\":[\"` + body + `\"]}"]`))
 	}
 	c.close = func() {
 		_ = conn.Close()
@@ -440,12 +445,8 @@ func openXhr(k int, entry string) (*client, error) {
 			}
 		}
 	}
-	c.sendRaw = func(b []byte) error {
-		var msgs []string
-		if err := json.Unmarshal(b, &msgs); err != nil {
-			return err
-		}
-		return c.send(msgs)
+	c.sendCall = func(id, body string) error {
+		return c.send([]string{`{"msg":"method","id":"` + id + `","method":"echo","params":["` + body + `"]}`})
 	}
 	c.send = func(msgs []string) error {
 		if c.dead.Load() {

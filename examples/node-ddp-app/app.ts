@@ -200,7 +200,7 @@ function sessionInternals(conn: SockjsModule.Connection): SockjsSessionInternals
 
 class MeteorLikeApp implements DdpApp {
   readonly server: http.Server;
-  streamServer: { readonly server: unknown } = { server: null };
+  readonly streamServer: { readonly server: unknown };
   readonly instanceId: string;
   readonly rootUrlPathPrefix: string;
   readonly sockjsPrefix: string;
@@ -221,7 +221,7 @@ class MeteorLikeApp implements DdpApp {
     this.server = http.createServer();
     this.server.on('connection', (socket: net.Socket) => this.trackSocket(socket));
     this.installWebApp();
-    this.installStreamServer();
+    this.streamServer = { server: this.installStreamServer() };
   }
 
   get port(): number {
@@ -295,7 +295,8 @@ class MeteorLikeApp implements DdpApp {
   /* ----------------------------- stream server ----------------------------- */
 
   /** stream_server.js StreamServer constructor. */
-  private installStreamServer(): void {
+  /** Returns the sockjs server (what Meteor keeps as `stream_server.server`). */
+  private installStreamServer(): unknown {
     const sockjs = loadIsolatedSockjs();
     const serverOptions: SockjsServerOptions = {
       prefix: this.sockjsPrefix,
@@ -311,7 +312,6 @@ class MeteorLikeApp implements DdpApp {
     // websocket never negotiates compression; DDP semantics are unaffected).
     if (this.opts.disableWebsockets) serverOptions.websocket = false;
     const sockjsServer = sockjs.createServer(serverOptions);
-    this.streamServer = { server: sockjsServer };
 
     this.server.removeListener('request', this.timeoutAdjustment);
     sockjsServer.installHandlers(this.server);
@@ -321,6 +321,7 @@ class MeteorLikeApp implements DdpApp {
     sockjsServer.on('connection', (conn: SockjsModule.Connection | null) => {
       if (conn) this.onSockjsConnection(conn);
     });
+    return sockjsServer;
   }
 
   /**

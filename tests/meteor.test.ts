@@ -34,24 +34,17 @@ interface ApiMember { readonly id: string; readonly service: string; readonly st
 const figures: Record<string, unknown> = {};
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
-async function apiMembers(p: MeteorProcess): Promise<ApiMember[]> {
+/** The member's dashboard API snapshot: the members it sees and its own stats. */
+async function apiCluster(p: MeteorProcess): Promise<{ members: ApiMember[]; stats: { sockjsEntry?: string } }> {
   const res = await fetch(`${p.url}/cluster/api/cluster`, {
     headers: { authorization: `Basic ${Buffer.from(`test:${PASSWORD}`).toString('base64')}` },
     signal: AbortSignal.timeout(5000),
   });
   if (res.status !== 200) throw new Error(`${p.id} /cluster/api/cluster answered ${res.status}`);
-  return ((await res.json()) as { members: ApiMember[] }).members;
+  return (await res.json()) as { members: ApiMember[]; stats: { sockjsEntry?: string } };
 }
 
-/** The member's own stats, as the dashboard API gives them. */
-async function apiStats(p: MeteorProcess): Promise<{ sockjsEntry?: string }> {
-  const res = await fetch(`${p.url}/cluster/api/cluster`, {
-    headers: { authorization: `Basic ${Buffer.from(`test:${PASSWORD}`).toString('base64')}` },
-    signal: AbortSignal.timeout(5000),
-  });
-  if (res.status !== 200) throw new Error(`${p.id} /cluster/api/cluster answered ${res.status}`);
-  return ((await res.json()) as { stats: { sockjsEntry?: string } }).stats;
-}
+const apiMembers = async (p: MeteorProcess): Promise<ApiMember[]> => (await apiCluster(p)).members;
 
 /** Waits until every process sees exactly `ids` healthy and serving. */
 async function waitServing(procs: readonly MeteorProcess[], ids: readonly string[]): Promise<void> {
@@ -328,7 +321,7 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
     });
 
     it('hands what it serves straight to sockjs, past ddp-server\'s per-request wrapper (Meteor\'s listeners have the expected shape)', async () => {
-      for (const id of ['web-1', 'web-2']) assert.equal((await apiStats(cluster.get(id))).sockjsEntry, 'direct', id);
+      for (const id of ['web-1', 'web-2']) assert.equal((await apiCluster(cluster.get(id))).stats.sockjsEntry, 'direct', id);
     });
 
     it('runs pages over xhr-polling on every member, with the forwarded client address, and survives kill -9', async () => {

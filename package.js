@@ -16,6 +16,7 @@ Npm.depends({
   mongodb: '6.22.0',
   cookie: '1.1.1',
   'prom-client': '15.1.3',
+  ws: '8.23.0',
 });
 
 Package.onUse((api) => {

@@ -28,6 +28,7 @@ async function main(): Promise<void> {
     const sockjsEntry = meteorSockjsEntry(app.server, app.streamServer, app.timeoutAdjustment);
     cluster = attach(app.server, {
       endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(), ...(sockjsEntry && { sockjsEntry }),
+      sockjsServer: app.streamServer.server,
     });
     await cluster.ready();
   }

@@ -51,6 +51,14 @@ export interface AttachOptions extends ClusterOptions {
    * resolves a module with fs.statSync on every request, a quarter of an xhr poll's CPU.
    */
   readonly sockjsEntry?: SockjsEntry;
+  /**
+   * The app's sockjs server (sockjs 0.3, what Meteor keeps as `Meteor.server.stream_server.server`).
+   * With it, a polling session this instance is the entry of but another member serves is carried
+   * to that member over one websocket (CLUSTER_POLLING_HOP=translate, lib/balancer/translate.ts),
+   * and sessions peers carry here are handed to it as sockjs connections. Without it (or without
+   * CLUSTER_SECRET) every poll of such a session is relayed.
+   */
+  readonly sockjsServer?: unknown;
 }
 
 export interface SockjsEntry {
@@ -119,6 +127,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   const dashboard = createDashboard({ config, logger, view: () => membership.view(), stats, on: (event, listener) => membership.on(event, listener) });
   const gateway = new Gateway({
     config, logger, membership, random: options.random ?? Math.random, serveRequest: app.serveRequest, serveUpgrade: app.serveUpgrade,
+    sockjsServer: options.sockjsServer,
     dashboard: (req, res, sub) => dashboard.handle(req, res, sub),
     // Polls served here that sockjs accepted (not a 404 for an unknown session): the fallback count.
     servedPoll: (sessionId, res) => res.once('finish', () => {

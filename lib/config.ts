@@ -65,7 +65,16 @@ export interface ClusterConfig {
    * to (lib/workers); 0 = none. `auto` in the environment is os.availableParallelism().
    */
   readonly workersCount: number;
+  /**
+   * CLUSTER_POLLING_HOP: how a balancer reaches the member of a polling session it is the entry of.
+   * `translate` (default): it terminates the client's SockJS polling and carries the session to the
+   * member over one websocket (lib/balancer/translate.ts); `relay`: it forwards every poll and send.
+   */
+  readonly pollingHop: PollingHop;
 }
+
+export const POLLING_HOPS = ['translate', 'relay'] as const;
+export type PollingHop = (typeof POLLING_HOPS)[number];
 
 /** What callers may pass in JS; every field is optional and wins over the environment. */
 export type ClusterOptions = { readonly [K in keyof ClusterConfig]?: ClusterConfig[K] | undefined };
@@ -326,6 +335,16 @@ const FIELDS: { readonly [K in keyof ClusterConfig]: Field<ClusterConfig[K]> } =
       return n;
     },
   },
+  pollingHop: {
+    env: 'CLUSTER_POLLING_HOP',
+    parse(raw, show) {
+      const v = raw.trim().toLowerCase();
+      if (!(POLLING_HOPS as readonly string[]).includes(v)) {
+        fail(FIELDS.pollingHop, show, 'use translate (carry each polling session over one websocket, the default) or relay (forward every poll)');
+      }
+      return v as PollingHop;
+    },
+  },
   appVersion: {
     env: 'CLUSTER_APP_VERSION',
     parse: (raw, show) => {
@@ -398,6 +417,7 @@ function defaults(): ClusterConfig {
     rebalanceMinAgeMs: 60_000,
     allowedOrigins: Object.freeze([]),
     workersCount: 0,
+    pollingHop: 'translate',
   };
 }
 

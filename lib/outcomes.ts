@@ -9,7 +9,7 @@
  */
 
 /** What routing does with a request (route.ts). */
-export const ROUTE_ACTIONS = ['serve', 'proxy', 'pin', 'reject'] as const;
+export const ROUTE_ACTIONS = ['serve', 'proxy', 'translate', 'pin', 'reject'] as const;
 export type RouteAction = (typeof ROUTE_ACTIONS)[number];
 
 /** Why a request was served, proxied, pinned or rejected (route.ts). */
@@ -31,13 +31,15 @@ export const ROUTE_REASONS = [
   'no ui member; page served here',   // a page with no UI member reachable
   'no eligible member; serving here', // nobody eligible, but this instance has the service
   'no healthy member',                // nobody eligible and not this instance's service (503)
+  'carrying balancer',                // a polling session that its entry balancer carries: to that balancer
+  'carrying balancer gone',           // ... which is down or unknown: the session is lost (404)
 ] as const;
 export type RouteReason = (typeof ROUTE_REASONS)[number];
 
 /** Why a request was refused before routing (classify.ts). */
 export const MALFORMED_REASONS = [
   'URL too long', 'invalid URL', 'unknown endpoint', 'bad service name', 'not a sockjs path',
-  'bad sockjs session path', 'unknown sockjs transport',
+  'bad sockjs session path', 'unknown sockjs transport', 'not a carry upgrade',
 ] as const;
 export type MalformedReason = (typeof MALFORMED_REASONS)[number];
 
@@ -116,6 +118,16 @@ export interface BalancerStats {
   byReason: Partial<Record<`${RouteAction}:${RouteReason}`, number>>;
   sessionTable: number;
   openProxiedSockets: number;
+  /** Polling requests of sessions this balancer carries to a peer over a websocket (lib/balancer/translate.ts). */
+  translated: number;
+  /** Carry websockets peers opened to this member (lib/balancer/carried.ts). */
+  carriedIn: number;
+  /** Polling sessions this balancer carries to peers now. */
+  translatedSessions: number;
+  /** Sessions peers carry to this member now. */
+  carriedSessions: number;
+  /** How this balancer reaches the member of a polling session it is the entry of (CLUSTER_POLLING_HOP, if it can translate). */
+  pollingHop: 'translate' | 'relay';
 }
 
 /** A rebalancing episode of this instance (lib/rebalancer.ts): it started or stopped shedding. */

@@ -154,6 +154,7 @@ export class MeteorCluster implements ClusterApi {
     const handle = attach(WebApp.httpServer, {
       ...js, instanceId: config.instanceId, env,
       ...(sockjsEntry && { sockjsEntry }),
+      sockjsServer: Meteor.server.stream_server?.server,
       sessionCount: () => Meteor.server.sessions.size,
       sessions: () => Meteor.server.sessions.values(),
       sessionTraits: meteorSessionTraits,

@@ -37,7 +37,7 @@ describe('classify', () => {
       it(`recognises the ${transport} transport, opens=${OPENING.includes(transport)}`, () => {
         assert.deepEqual(c(`/sockjs/123/abcdefgh/${transport}?x=1`), {
           kind: 'transport', service: null, pinned: null, serverId: '123', sessionId: 'abcdefgh',
-          transport, opens: OPENING.includes(transport), localUrl: `/sockjs/123/abcdefgh/${transport}?x=1`,
+          transport, opens: OPENING.includes(transport), via: null, localUrl: `/sockjs/123/abcdefgh/${transport}?x=1`,
         });
       });
     }
@@ -94,7 +94,7 @@ describe('classify', () => {
     it('understands every DDP form under /app and keeps the prefix in localUrl', () => {
       assert.deepEqual(c('/app/sockjs/info?t=1', APP), { kind: 'info', service: null, pinned: null, localUrl: '/app/sockjs/info?t=1' });
       assert.deepEqual(c('/app/sockjs/000/sess/xhr_send', APP), {
-        kind: 'transport', service: null, pinned: null, serverId: '000', sessionId: 'sess', transport: 'xhr_send', opens: false,
+        kind: 'transport', service: null, pinned: null, serverId: '000', sessionId: 'sess', transport: 'xhr_send', opens: false, via: null,
         localUrl: '/app/sockjs/000/sess/xhr_send',
       });
       assert.deepEqual(c('/app/websocket', APP), { kind: 'raw-websocket', service: null, pinned: null, localUrl: '/app/websocket' });
@@ -164,7 +164,7 @@ describe('classify', () => {
       it(`recognises a pinned ${transport} transport with and without /sockjs`, () => {
         const want = {
           kind: 'transport', service: 'web', pinned: HASH, serverId: '042', sessionId: 'q1w2e3', transport,
-          opens: OPENING.includes(transport), localUrl: `/sockjs/042/q1w2e3/${transport}?c=1`,
+          opens: OPENING.includes(transport), via: null, localUrl: `/sockjs/042/q1w2e3/${transport}?c=1`,
         };
         assert.deepEqual(c(`/cluster-ddp/${HASH}/web/sockjs/042/q1w2e3/${transport}?c=1`), want);
         assert.deepEqual(c(`/cluster-ddp/${HASH}/web/042/q1w2e3/${transport}?c=1`), want);
@@ -224,11 +224,11 @@ describe('classify', () => {
     it('recognises /<service>/sockjs/... for every form', () => {
       assert.deepEqual(c('/chat/sockjs/info?t=1'), { kind: 'info', service: 'chat', pinned: null, localUrl: '/sockjs/info?t=1' });
       assert.deepEqual(c('/chat/sockjs/7/abc/xhr'), {
-        kind: 'transport', service: 'chat', pinned: null, serverId: '7', sessionId: 'abc', transport: 'xhr', opens: false,
+        kind: 'transport', service: 'chat', pinned: null, serverId: '7', sessionId: 'abc', transport: 'xhr', opens: false, via: null,
         localUrl: '/sockjs/7/abc/xhr',
       });
       assert.deepEqual(c('/chat/sockjs/7/abc/websocket'), {
-        kind: 'transport', service: 'chat', pinned: null, serverId: '7', sessionId: 'abc', transport: 'websocket', opens: true,
+        kind: 'transport', service: 'chat', pinned: null, serverId: '7', sessionId: 'abc', transport: 'websocket', opens: true, via: null,
         localUrl: '/sockjs/7/abc/websocket',
       });
       assert.deepEqual(c('/chat/sockjs/websocket'), { kind: 'raw-websocket', service: 'chat', pinned: null, localUrl: '/websocket' });
@@ -423,6 +423,7 @@ describe('classify', () => {
           break;
         case 'health':
         case 'page':
+        case 'carry':
           break;
         default: {
           assert.ok(f.localUrl.startsWith(prefix + '/'), why);

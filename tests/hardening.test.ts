@@ -122,7 +122,8 @@ describe('hardening (issue 12)', function () {
     // An instance with a configured balancer URL answers with it, whatever the headers, for its
     // own sessions and for the peers it proxies to (here a and b, through the public service path).
     for (let n = 0; n < 10; n++) assert.match(await baseUrl(c, hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\/other$/);
-    assert.match(await baseUrlAt(c, '/web/sockjs/info', hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\/web$/);
+    // c is the entry of those sessions: it carries their polling (`<member>.<c>`, translate.ts).
+    assert.match(await baseUrlAt(c, '/web/sockjs/info', hostile), /^https:\/\/c\.example\.com\/cluster-ddp\/[0-9a-f]+\.[0-9a-f]+\/web$/);
   });
 
   describe('4. app listeners that throw', () => {

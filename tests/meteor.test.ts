@@ -35,13 +35,14 @@ const figures: Record<string, unknown> = {};
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
 /** The member's dashboard API snapshot: the members it sees and its own stats. */
-async function apiCluster(p: MeteorProcess): Promise<{ members: ApiMember[]; stats: { sockjsEntry?: string } }> {
+interface ApiStats { readonly sockjsEntry?: string; readonly pollingHop?: string; readonly translatedSessions?: number; readonly carriedSessions?: number }
+async function apiCluster(p: MeteorProcess): Promise<{ members: ApiMember[]; stats: ApiStats }> {
   const res = await fetch(`${p.url}/cluster/api/cluster`, {
     headers: { authorization: `Basic ${Buffer.from(`test:${PASSWORD}`).toString('base64')}` },
     signal: AbortSignal.timeout(5000),
   });
   if (res.status !== 200) throw new Error(`${p.id} /cluster/api/cluster answered ${res.status}`);
-  return (await res.json()) as { members: ApiMember[]; stats: { sockjsEntry?: string } };
+  return (await res.json()) as { members: ApiMember[]; stats: ApiStats };
 }
 
 const apiMembers = async (p: MeteorProcess): Promise<ApiMember[]> => (await apiCluster(p)).members;
@@ -322,6 +323,19 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
 
     it('hands what it serves straight to sockjs, past ddp-server\'s per-request wrapper (Meteor\'s listeners have the expected shape)', async () => {
       for (const id of ['web-1', 'web-2']) assert.equal((await apiCluster(cluster.get(id))).stats.sockjsEntry, 'direct', id);
+    });
+
+    it('carries a polling session entering web-1 to web-2 over one websocket (translated), with the forwarded address', async () => {
+      const [entry, member] = [cluster.get('web-1'), cluster.get('web-2')];
+      assert.equal((await apiCluster(entry)).stats.pollingHop, 'translate');
+      const opts = { headers: { 'x-forwarded-for': '203.0.113.9' }, localAddress: CLIENT_IP };
+      const base = `${entry.url}/cluster-ddp/${endpointHash(member.url)}.${endpointHash(entry.url)}/web`;
+      const s = await rawXhrDdp(() => base, opts);
+      const w = (await s.call('whoami')) as Whoami;
+      assert.deepEqual([w.instance, w.clientAddress], ['web-2', '203.0.113.9']);
+      assert.equal(((await s.call('whoami')) as Whoami).session, w.session);
+      assert.equal((await apiCluster(entry)).stats.translatedSessions, 1, 'web-1 carries it');
+      assert.equal((await apiCluster(member)).stats.carriedSessions, 1, 'web-2 holds it as a carried session');
     });
 
     it('runs pages over xhr-polling on every member, with the forwarded client address, and survives kill -9', async () => {

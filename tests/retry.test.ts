@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { RETRY_POLICY, retryVerdict, type FailedAttempt } from '../lib/balancer/retry';
 
 const poll: FailedAttempt = {
-  upgrade: false, facts: { kind: 'transport', service: 'web', pinned: null, serverId: '1', sessionId: 's', transport: 'xhr', opens: false, localUrl: '/sockjs/1/s/xhr' },
+  upgrade: false, facts: { kind: 'transport', service: 'web', pinned: null, serverId: '1', sessionId: 's', transport: 'xhr', opens: false, via: null, localUrl: '/sockjs/1/s/xhr' },
   method: 'POST', headers: {}, newSession: false, otherMembers: 0, sameMemberRetried: false, bodyKept: false,
   error: 'ECONNRESET', clientTouched: false, clientGone: false,
 };

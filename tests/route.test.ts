@@ -83,6 +83,7 @@ function where(d: Decision): string {
     case 'serve':
       return 'serve';
     case 'proxy':
+    case 'translate':
     case 'pin':
       return `${d.action}:${d.member.id}`;
     case 'reject':

@@ -22,6 +22,7 @@ export async function startInstance(): Promise<Instance> {
   await app.listen(Number(process.env.PORT ?? 0), '127.0.0.1');
   const cluster = attach(app.server, {
     endpointUrl: app.origin, sessionCount: () => app.sessionCount(), sessions: () => app.sessions.values(),
+    sockjsServer: app.streamServer.server,
   });
   return { app, cluster };
 }

@@ -5,6 +5,10 @@
  *   /sockjs/info, /sockjs/<server>/<session>/<transport>, /sockjs/websocket, /sockjs/iframe*.html
  *   /websocket                                   raw websocket (Meteor rewrites it to /sockjs/websocket)
  *   /cluster-ddp/<endpointHash>/<service>/...    pinned: the same, on the named endpoint
+ *   /cluster-ddp/<endpointHash>.<viaHash>/<service>/...
+ *                                                pinned, and its polling carried by the member
+ *                                                <viaHash> (its entry balancer, translate.ts)
+ *   /cluster-ddp/carry                           a peer's upgrade carrying one such session (carried.ts)
  *   /<service>/sockjs/..., /<service>/websocket  public service through any balancer
  *   <dashboardPath>[/...], <dashboardPath>/health
  * Everything else is the app's (pages, assets, routes).
@@ -38,8 +42,11 @@ export type RequestFacts =
       readonly transport: Transport;
       /** True when this request always creates its session (websocket). */
       readonly opens: boolean;
+      /** Endpoint hash of the balancer that carries this session's polling to its member (translate.ts), if any. */
+      readonly via: string | null;
       readonly localUrl: string;
     })
+  | { readonly kind: 'carry' }
   | (Address & { readonly kind: 'raw-websocket'; readonly localUrl: string })
   | (Address & { readonly kind: 'sockjs-other'; readonly localUrl: string })
   | { readonly kind: 'dashboard'; readonly sub: string }
@@ -58,6 +65,9 @@ export interface ClassifyOptions {
 
 export const MAX_URL_LENGTH = 8192;
 const HASH = /^[0-9a-f]{8,64}$/;
+const HASH_VIA = /^([0-9a-f]{8,64})\.([0-9a-f]{8,64})$/;
+/** Where a peer opens the websocket that carries one translated polling session (carried.ts). */
+export const CARRY_PATH = '/cluster-ddp/carry';
 // sockjs-node accepts [^/.]+; we also bound the length and refuse control characters.
 const SERVER_ID = /^[^/.\x00-\x20\x7f]{1,64}$/;
 const SESSION_ID = /^[^/.\x00-\x20\x7f]{1,128}$/;
@@ -89,6 +99,7 @@ export function classify(rawUrl: string, opts: ClassifyOptions): RequestFacts {
   if (rest === '/websocket' || rest === '/websocket/') {
     return { kind: 'raw-websocket', service: null, pinned: null, localUrl: `${prefix}/websocket${query}` };
   }
+  if (rest === CARRY_PATH) return { kind: 'carry' };
   if (rest.startsWith('/cluster-ddp/')) return pinned(rest, query, prefix);
 
   // /<service>/sockjs/... or /<service>/websocket: a public service through any balancer.
@@ -120,20 +131,27 @@ function parses(url: string): boolean {
 function pinned(rest: string, query: string, prefix: string): RequestFacts {
   // /cluster-ddp/<hash>/<service><tail>
   const parts = rest.split('/');
-  const hash = parts[2] ?? '';
+  const segment = parts[2] ?? '';
   const service = parts[3] ?? '';
-  if (!HASH.test(hash)) return malformed(404, 'unknown endpoint');
+  let hash = segment;
+  let via: string | null = null;
+  if (!HASH.test(segment)) {
+    const m = HASH_VIA.exec(segment);
+    if (m === null) return malformed(404, 'unknown endpoint');
+    hash = m[1] as string;
+    via = m[2] as string;
+  }
   if (!NAME_PATTERN.test(service)) return malformed(400, 'bad service name');
-  const tail = rest.slice(`/cluster-ddp/${hash}/${service}`.length);
+  const tail = rest.slice(`/cluster-ddp/${segment}/${service}`.length);
   if (tail === '/websocket' || tail === '/websocket/') {
     return { kind: 'raw-websocket', service, pinned: hash, localUrl: `${prefix}/websocket${query}` };
   }
   // meteorhacks:cluster's base_url was <balancer>/cluster-ddp/<hash>/<service>, sockjs appends its paths.
   const sock = tail.startsWith('/sockjs/') || tail === '/sockjs' ? tail.slice('/sockjs'.length) : tail;
-  return sockjs(sock, query, { service, pinned: hash }, prefix);
+  return sockjs(sock, query, { service, pinned: hash }, prefix, via);
 }
 
-function sockjs(tail: string, query: string, address: Address, prefix: string): RequestFacts {
+function sockjs(tail: string, query: string, address: Address, prefix: string, via: string | null = null): RequestFacts {
   // Fields written out, not `...address`: Meteor's Babel compiles object spread to a helper that
   // cost 5 % of a Meteor server's CPU under xhr-polling, on every request.
   const { service, pinned } = address;
@@ -150,5 +168,5 @@ function sockjs(tail: string, query: string, address: Address, prefix: string): 
   if (!SERVER_ID.test(serverId) || !SESSION_ID.test(sessionId)) return malformed(404, 'bad sockjs session path');
   if (!(TRANSPORTS as readonly string[]).includes(transport)) return malformed(404, 'unknown sockjs transport');
   const t = transport as Transport;
-  return { kind: 'transport', service, pinned, serverId, sessionId, transport: t, opens: OPENING.has(t), localUrl };
+  return { kind: 'transport', service, pinned, serverId, sessionId, transport: t, opens: OPENING.has(t), via, localUrl };
 }

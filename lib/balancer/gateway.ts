@@ -27,6 +27,9 @@ import { RETRY_POLICY, isRefusal, retryVerdict } from './retry';
 import { door, route, type Balanced, type Decision, type DoorDecision, type RoutePolicy } from './route';
 import { ProxiedPolls, type ProxiedPoll } from './polls';
 import { SessionTable } from './sessions';
+import { CARRY_PROTOCOL_PARAM, CarriedSessions, SOCKJS_HEADERS, sockjsServerOf } from './carried';
+import { Translator, type CarryTarget } from './translate';
+import { CARRY_PATH } from './classify';
 
 export type { BalancerStats } from '../outcomes';
 export { reply, rejectUpgrade } from './exchange';
@@ -58,6 +61,12 @@ export interface GatewayDeps {
    * worker, having routed it here already (decideHead() there): serve it. Asked once per request.
    */
   readonly chosenHere?: (req: IncomingMessage) => boolean;
+  /**
+   * The app's sockjs server (Meteor: `Meteor.server.stream_server.server`): polling sessions this
+   * balancer is the entry of are translated with a sockjs server built like it (translate.ts), and
+   * sessions peers carry here are handed to it (carried.ts). Absent: polling is relayed.
+   */
+  readonly sockjsServer?: unknown;
 }
 
 /** A request head read off a new connection, before HTTP parsing (lib/workers/handoff.ts). */
@@ -111,6 +120,7 @@ type Admission =
   };
 
 type Proxy = Extract<Decision, { action: 'proxy' }>;
+type Translate = Extract<Decision, { action: 'translate' }>;
 
 export class Gateway {
   readonly #d: GatewayDeps;
@@ -125,11 +135,16 @@ export class Gateway {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
     retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
     byTransport: {}, proxiedByTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
+    translated: 0, carriedIn: 0, translatedSessions: 0, carriedSessions: 0, pollingHop: 'relay',
   };
   #pendingProxies = 0;
   readonly #origins: ReadonlySet<string>;
   readonly #endpointUrls = new Map<string, URL>();
   readonly #classifyOptions: { pathPrefix: string; dashboardPath: string };
+  /** Polling sessions this balancer carries to peers (null: it relays them). */
+  readonly #translator: Translator | null;
+  /** Polling sessions peers carry to this member. */
+  readonly #carried: CarriedSessions | null;
 
   constructor(deps: GatewayDeps) {
     this.#d = deps;
@@ -146,6 +161,11 @@ export class Gateway {
     this.#sessions = new SessionTable(c.staleMs + 90_000, SESSION_TABLE_MAX);
     this.#classifyOptions = { pathPrefix: c.pathPrefix, dashboardPath: c.dashboardPath };
     this.#origins = new Set(c.allowedOrigins);
+    const app = sockjsServerOf(deps.sockjsServer);
+    // Without a secret a carry upgrade can't be authenticated: neither side of it then.
+    const carrying = app !== null && deps.membership.keys !== null;
+    this.#translator = carrying && c.pollingHop === 'translate' ? Translator.for(app) : null;
+    this.#carried = carrying ? new CarriedSessions(app, (err) => deps.logger.once('error', 'carried-connection', 'balancer.carried_connection_failed', { error: err })) : null;
   }
 
   /** The server's 'request' listener. */
@@ -245,7 +265,21 @@ export class Gateway {
       case 'dashboard':
         if (x.kind === 'request') return this.#d.dashboard(x.req, x.res, d.sub);
         return x.serveHere(null);
+      case 'carry':
+        return this.acceptCarry(x);
     }
+  }
+
+  /** A peer's websocket carrying one polling session (carried.ts): only with a valid hop header. */
+  private acceptCarry(x: Exchange): void {
+    if (x.kind !== 'upgrade') return x.reply(404, 'not a carry upgrade');
+    const hop = this.hop(x.req);
+    if (hop.kind !== 'trusted') return x.reply(403, 'carry needs a valid hop header');
+    if (this.#carried === null) return x.reply(404, 'this member takes no carried sessions');
+    if (!this.#carried.accept(x.req, x.socket, x.head, hop.client)) return x.reply(503, 'too many carried sessions');
+    this.#stats.carriedIn++;
+    // A session opened here: peers match it against the sessions they routed here (pending.ts).
+    this.#m.openedHere();
   }
 
   /** Step 3, route: where it goes (route.ts route(), pure). */
@@ -261,6 +295,7 @@ export class Gateway {
         // expired ones (clock skew), which could otherwise bounce between peers.
         hop: hop.kind === 'trusted' || (hop.kind === 'untrusted' && (this.#m.keys === null || hop.reason === 'expired')),
         handed,
+        translates: this.#translator !== null,
         pending: (id) => this.#m.pending(id, now),
         selfSessions: this.#m.liveSessions(),
         sessionOwner: owner,
@@ -299,7 +334,71 @@ export class Gateway {
         return this.serveHere(a);
       case 'proxy':
         return this.forward(a, d);
+      case 'translate':
+        return this.translate(a, d);
     }
+  }
+
+  /**
+   * A polling request of a session this balancer carries to `d.member` (translate.ts): to the
+   * translator's sockjs, after opening the session's websocket to the member on its first request.
+   * A member that can't be reached is tried like a failed forward: another one, before any byte
+   * reached the client.
+   */
+  private translate(a: Attempt, d: Translate): void {
+    const { x, facts } = a;
+    const translator = this.#translator;
+    if (x.kind !== 'request' || facts.kind !== 'transport' || translator === null) return this.forward(a, relayOf(d));
+    const sessionId = facts.sessionId;
+    if (!translator.has(sessionId) && (translator.full || SENDS.has(facts.transport))) {
+      // A send never opens a session; an unknown one is relayed (its member answers as sockjs would).
+      return this.forward(a, relayOf(d));
+    }
+    this.#stats.translated++;
+    this.remember(facts, d, d.member);
+    x.req.url = facts.localUrl;
+    x.req.socket.setTimeout(STREAMING.has(facts.transport) ? 0 : POLL_TIMEOUT_MS);
+    if (translator.has(sessionId)) return translator.serve(sessionId, x.req, x.res);
+    const release = this.admitProxy();
+    if (release === null) return x.reply(503, 'balancer overloaded');
+    x.onClose(release);
+    translator.open(sessionId, x.req, x.res, this.carryTarget(x.req, a.hop, d.member, facts.transport), (err) => {
+      release();
+      this.translateFailed(a, d, err);
+    }, release);
+  }
+
+  /** The carry websocket's URL on `member` and its headers: the client's that sockjs keeps, and a hop header. */
+  private carryTarget(req: IncomingMessage, hop: HopCheck, member: Member, transport: string): CarryTarget {
+    const endpoint = this.endpointUrl(member.endpoint);
+    const path = `${this.#classifyOptions.pathPrefix}${CARRY_PATH}?${CARRY_PROTOCOL_PARAM}=${PROTOCOL_OF[transport] ?? 'xhr-polling'}`;
+    const client = hop.kind === 'trusted' ? hop.client : clientViewOf(req);
+    const headers: Record<string, string> = {};
+    for (const name of SOCKJS_HEADERS) {
+      const v = req.headers[name];
+      if (typeof v === 'string' && name !== 'x-forwarded-for') headers[name] = v;
+    }
+    headers[HOP_HEADER] = makeHop(this.#m.keys, 'GET', path, client, this.#m.selfId(), member.id, Date.now());
+    return { url: `${endpoint.protocol === 'https:' ? 'wss:' : 'ws:'}//${endpoint.host}${path}`, headers };
+  }
+
+  /** The member of a new carried session could not be reached: another one, as for a failed forward. */
+  private translateFailed(a: Attempt, d: Translate, err: Error): void {
+    const { x } = a;
+    this.#stats.proxyErrors++;
+    const kind = errorKind(err);
+    if (isRefusal(RETRY_POLICY, kind)) this.#m.peerDown(d.member.id, kind);
+    publish('proxyError', () => ({
+      instanceId: this.#d.config.instanceId, exchange: x.kind, member: d.member.id, endpoint: d.member.endpoint, error: kind, cause: err,
+      clientTouched: false, verdict: a.otherMembers < MAX_TRANSLATE_TRIES ? 'other-member' : 'give-up',
+    }));
+    if (a.otherMembers >= MAX_TRANSLATE_TRIES) return x.reply(502, 'upstream unavailable');
+    this.#stats.retries++;
+    a.excluded.add(d.member.id);
+    a.otherMembers++;
+    a.decision = this.route(x.req, a.facts, a.hop, a.owner, a.excluded);
+    this.published(a);
+    this.act(a);
   }
 
   /** Answers sockjs info with the pinned base_url of the member a new session goes to. */
@@ -308,8 +407,10 @@ export class Gateway {
     const service = ('service' in facts ? facts.service : null) ?? d.member.service;
     this.#m.newSession(d.member);
     const c = this.#d.config;
+    // A peer reached through this balancer: this balancer carries the session's polling (translate.ts).
+    const via = this.#translator !== null && !d.member.self && d.member.balancer === null ? this.#m.view().self : null;
     sendInfo(x.req, x.res, { websocket: !c.disableWebsockets, cors: !c.disableSockjsCors, cookieNeeded: c.useJsessionid, pathPrefix: c.pathPrefix },
-      baseUrlFor(x.req, d.member, service, c.pathPrefix, c));
+      baseUrlFor(x.req, d.member, service, c.pathPrefix, c, via));
   }
 
   private serveHere(a: Attempt): void {
@@ -337,13 +438,17 @@ export class Gateway {
     this.send(a, d);
   }
 
-  /** The URL the member's sockjs expects, and (requests) the client socket's idle limit. */
-  private prepare({ x, facts }: Attempt): void {
+  /**
+   * The URL the member's sockjs expects, and (requests) the client socket's idle limit. A request
+   * for the balancer that carries its session keeps its path: that balancer routes it again.
+   */
+  private prepare({ x, facts, decision }: Attempt): void {
+    const local = 'localUrl' in facts && decision.reason !== 'carrying balancer';
     if (x.kind === 'upgrade') {
-      if ('localUrl' in facts) x.req.url = facts.localUrl;
+      if (local) x.req.url = facts.localUrl;
       return;
     }
-    x.req.url = 'localUrl' in facts ? facts.localUrl : (x.req.url ?? '/');
+    if (local) x.req.url = facts.localUrl;
     x.req.socket.setTimeout('localUrl' in facts && STREAMING.has(transportOf(facts)) ? 0 : POLL_TIMEOUT_MS);
   }
 
@@ -446,6 +551,9 @@ export class Gateway {
       pendingProxies: this.#pendingProxies,
       sessionTable: this.#sessions.size,
       openProxiedSockets: this.#forwarder.openUpgrades,
+      translatedSessions: this.#translator?.size ?? 0,
+      carriedSessions: this.#carried?.size ?? 0,
+      pollingHop: this.#translator !== null ? 'translate' : 'relay',
     };
   }
 
@@ -461,13 +569,16 @@ export class Gateway {
     return this.#polls.sessions(Date.now());
   }
 
-  /** Websockets this balancer proxies to peers: clients that depend on it as their entry. */
+  /** Websockets this balancer proxies to peers and polling sessions it carries: clients that depend on it as their entry. */
   tunnels(): Tunnel[] {
-    return this.#forwarder.tunnels();
+    const carried = this.#translator?.tunnels() ?? [];
+    return carried.length === 0 ? this.#forwarder.tunnels() : [...this.#forwarder.tunnels(), ...carried];
   }
 
   close(): void {
     this.#forwarder.close();
+    this.#translator?.close();
+    this.#carried?.close();
   }
 
   /**
@@ -583,6 +694,17 @@ function health(res: ServerResponse, report: HealthReport): void {
 }
 
 const SENDS = new Set(['xhr_send', 'jsonp_send']);
+/** The sockjs protocol name of each receiving transport (what sockjs reports as `connection.protocol`). */
+const PROTOCOL_OF: Readonly<Record<string, string>> = {
+  xhr: 'xhr-polling', xhr_streaming: 'xhr-streaming', eventsource: 'eventsource', htmlfile: 'htmlfile', jsonp: 'jsonp-polling',
+};
+/** Members tried for a new carried session before the client gets 502. */
+const MAX_TRANSLATE_TRIES = 2;
+
+/** A translate decision carried out as a relay (the translator can't take it). */
+function relayOf(d: Translate): Proxy {
+  return { action: 'proxy', member: d.member, reason: d.reason, newSession: d.newSession, setCookie: false };
+}
 const EMPTY = Buffer.alloc(0);
 /** Send bodies up to this size are read before proxying and replayed once after a reset; larger ones stream. */
 const MAX_REPLAY_BODY = 256 * 1024;

@@ -17,9 +17,13 @@ export interface OriginPolicy {
   readonly forwardedCount: number;
 }
 
-/** The path that names `member` (and `service`) to any balancer: `<prefix>/cluster-ddp/<endpointHash>/<service>`. */
-export function pinnedPath(member: Pick<Member, 'endpointHash'>, service: string, pathPrefix: string): string {
-  return `${pathPrefix}/cluster-ddp/${member.endpointHash}/${service}`;
+/**
+ * The path that names `member` (and `service`) to any balancer: `<prefix>/cluster-ddp/<endpointHash>/<service>`;
+ * with `via`, `<endpointHash>.<viaHash>`: the balancer `via` carries the session's polling (translate.ts).
+ */
+export function pinnedPath(member: Pick<Member, 'endpointHash'>, service: string, pathPrefix: string, via: Pick<Member, 'endpointHash'> | null = null): string {
+  const segment = via === null ? member.endpointHash : `${member.endpointHash}.${via.endpointHash}`;
+  return `${pathPrefix}/cluster-ddp/${segment}/${service}`;
 }
 
 /**
@@ -28,8 +32,9 @@ export function pinnedPath(member: Pick<Member, 'endpointHash'>, service: string
  * to, which proxies. sockjs-client follows `base_url` in the info reply; it must be absolute
  * (its websocket transport derives ws:// from the http:// prefix).
  */
-export function baseUrlFor(req: IncomingMessage, member: Member, service: string, pathPrefix: string, policy: OriginPolicy): string {
-  return (member.balancer ?? policy.balancerUrl ?? requestOrigin(req, policy.forwardedCount)) + pinnedPath(member, service, pathPrefix);
+export function baseUrlFor(req: IncomingMessage, member: Member, service: string, pathPrefix: string, policy: OriginPolicy, via: Member | null = null): string {
+  if (member.balancer !== null) return member.balancer + pinnedPath(member, service, pathPrefix);
+  return (policy.balancerUrl ?? requestOrigin(req, policy.forwardedCount)) + pinnedPath(member, service, pathPrefix, via);
 }
 
 /**

@@ -46,6 +46,11 @@ export interface RouteState {
   /** The request carried a verified hop header: a peer already chose this instance. */
   readonly hop: boolean;
   /**
+   * This balancer carries polling sessions to their members itself (translate.ts): the polling
+   * requests of a session whose path names it as `via` are translated here, not relayed.
+   */
+  readonly translates?: boolean;
+  /**
    * CLUSTER_WORKERS_COUNT: the first request of a connection this machine's primary handed to
    * this worker, having routed it here already: served here like a hop (sockjs info: pinned here).
    */
@@ -64,6 +69,8 @@ export interface RouteState {
 export type Decision =
   | { readonly action: 'serve'; readonly reason: RouteReason; readonly newSession: boolean }
   | { readonly action: 'proxy'; readonly member: Member; readonly reason: RouteReason; readonly newSession: boolean; readonly setCookie: boolean }
+  /** A polling request of a session this balancer carries to `member` over one websocket (translate.ts). */
+  | { readonly action: 'translate'; readonly member: Member; readonly reason: RouteReason; readonly newSession: boolean }
   | { readonly action: 'pin'; readonly member: Member; readonly reason: RouteReason }
   | { readonly action: 'reject'; readonly status: 404 | 503; readonly reason: RouteReason };
 
@@ -82,6 +89,8 @@ export type DoorDecision =
   | { readonly action: 'refuse'; readonly status: 400 | 404 | 414; readonly reason: MalformedReason | 'not a websocket endpoint' }
   | { readonly action: 'health' }
   | { readonly action: 'dashboard'; readonly sub: string }
+  /** A peer's websocket carrying one polling session it translates (carried.ts); trusted only with a valid hop header. */
+  | { readonly action: 'carry' }
   /** An upgrade of a page, the dashboard or the health route: the app's, untouched. */
   | { readonly action: 'app' }
   | { readonly action: 'balance'; readonly facts: Balanced };
@@ -95,6 +104,8 @@ export function door(facts: RequestFacts, upgrade: boolean): DoorDecision {
       return upgrade ? { action: 'app' } : { action: 'health' };
     case 'dashboard':
       return upgrade ? { action: 'app' } : { action: 'dashboard', sub: facts.sub };
+    case 'carry':
+      return upgrade ? { action: 'carry' } : { action: 'refuse', status: 404, reason: 'not a carry upgrade' };
     case 'page':
       return upgrade ? { action: 'app' } : { action: 'balance', facts };
     case 'raw-websocket':
@@ -117,6 +128,8 @@ export function route(input: RouteInput): Decision {
   // A sockjs info handed here answers with this member's pinned base_url, so the client's
   // kept-alive connection carries the session's requests to this worker with no hop.
   if (state.handed === true && facts.kind === 'info' && view.self !== null) return { action: 'pin', member: view.self, reason: 'pinned endpoint' };
+  // A polling request of a session its entry balancer carries: only that balancer can serve it.
+  if (facts.kind === 'transport' && facts.via !== null && facts.transport !== 'websocket') return routeCarried(input, facts, facts.via);
   if (state.hop || state.handed === true) return serve('hop from a peer');
   if (facts.kind === 'page') return routePage(input);
 
@@ -138,6 +151,32 @@ export function route(input: RouteInput): Decision {
       if (self !== null && self.service === service) return serve('stateless sockjs resource');
       return toTarget(input, service, pickNew(input, service), 'stateless sockjs resource', false);
   }
+}
+
+/**
+ * A polling request whose path names the balancer that carries its session (`via`, the session's
+ * entry, which answered its sockjs info). There: routed like any pinned request, except that a
+ * peer member is reached by translating (one websocket per session) instead of relaying each
+ * poll. Anywhere else: to that balancer, which holds the session's sockjs state; if it is gone,
+ * so is the session (404: the client reconnects), like a websocket whose tunnel broke.
+ */
+function routeCarried(input: RouteInput, facts: Extract<DdpFacts, { kind: 'transport' }>, via: string): Decision {
+  const { view, state } = input;
+  const self = view.self;
+  if (self !== null && via === self.endpointHash) {
+    const service = facts.service ?? input.policy.uiService ?? self.service;
+    if (facts.service !== null && !reachable(facts.service, input)) return reject(404, 'service not public');
+    const d = facts.pinned !== null ? routePinned(input, service, facts.pinned, false, facts.sessionId) : routeSession(input, service, facts.sessionId, false);
+    if (d.action === 'proxy' && state.translates === true) return { action: 'translate', member: d.member, reason: d.reason, newSession: d.newSession };
+    return d;
+  }
+  // Sent here by a peer, yet not ours: our views disagree; serving it here would open a stray session.
+  if (state.hop) return reject(404, 'carrying balancer gone');
+  const carrier = view.byEndpointHash.get(via);
+  if (carrier && carrier.healthy && !state.excluded.has(carrier.id)) {
+    return { action: 'proxy', member: carrier, reason: 'carrying balancer', newSession: false, setCookie: false };
+  }
+  return reject(404, 'carrying balancer gone');
 }
 
 /** Whether a service named in the path may be reached through this balancer. */

@@ -48,6 +48,7 @@ export async function startInstance(o: InstanceOptions): Promise<Instance> {
     pathPrefix: app.rootUrlPathPrefix,
     sessionCount: () => app.sessionCount(),
     sessions: () => app.sessions.values(),
+    sockjsServer: app.streamServer.server,
     logger: createLogger('debug', { instance: o.id }, sink),
     env: {},
     ...o.attach,

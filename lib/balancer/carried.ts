@@ -161,9 +161,8 @@ export class CarriedSessions {
   accept(req: IncomingMessage, socket: Socket, head: Buffer, client: ClientView): boolean {
     if (this.#open.size >= MAX_CARRIED) return false;
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      // ws has set TCP_NODELAY and lifted the HTTP server's idle timeout (Meteor's 5 s) on the socket.
       ws.on('error', () => ws.terminate());
-      // Nagle would hold every small DDP frame back for the peer's delayed ACK.
-      (socket as { setNoDelay?: (v: boolean) => void }).setNoDelay?.(true);
       const conn = new CarriedConnection(ws, req, client, this.#prefix);
       this.#open.add(conn);
       conn.once('close', () => this.#open.delete(conn));

@@ -187,8 +187,11 @@ function sumStat(stats: BackendStats[], key: string): number {
 function hopShare(before: BackendStats[], after: BackendStats[]): number | null {
   if (after.every((s) => s.cluster === null)) return null;
   const d = (k: string): number => sumStat(after, k) - sumStat(before, k);
-  const entry = d('served') - d('hopsIn') + d('proxied');
-  return entry > 0 ? d('proxied') / entry : 0;
+  // A translated poll took a hop too (carried to its member over a websocket); a carry upgrade is a
+  // verified hop that is not a served request.
+  const hops = d('proxied') + d('translated');
+  const entry = d('served') - (d('hopsIn') - d('carriedIn')) + hops;
+  return entry > 0 ? hops / entry : 0;
 }
 
 function diffUsage(a: Usage, b: Usage): Usage {

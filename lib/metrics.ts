@@ -184,6 +184,8 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
   });
   gauge('ddp_cluster_session_table_entries', 'Polling sessions in this balancer\'s session table.', [], (g, s) => g.set(num(s.stats.sessionTable)));
   gauge('ddp_cluster_open_proxied_sockets', 'Websockets this instance is proxying to peers now.', [], (g, s) => g.set(num(s.stats.openProxiedSockets)));
+  gauge('ddp_cluster_translated_sessions', 'Polling sessions this instance carries to peers over a websocket now (CLUSTER_POLLING_HOP=translate).', [], (g, s) => g.set(num(s.stats.translatedSessions)));
+  gauge('ddp_cluster_carried_sessions', 'Sessions peers carry to this member over a websocket now.', [], (g, s) => g.set(num(s.stats.carriedSessions)));
   // Rebalancing (issue 15): what the shared closer closed, by reason, and whether this instance sheds now.
   const rebalance = (s: Snapshot): Partial<RebalanceStats> => s.stats.rebalance ?? {};
   counter('ddp_cluster_sessions_closed_total', 'Sessions this instance closed on purpose so their clients reconnect elsewhere: drain or rebalance.', ['reason'], (c, s) => {

@@ -1,3 +1,5 @@
+import { MAX_TRANSLATED } from '../lib/balancer/translate';
+import { MAX_CARRIED } from '../lib/balancer/carried';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { MAX_PENDING, SESSION_TABLE_MAX } from '../lib/balancer/gateway';
@@ -72,6 +74,8 @@ describe('README', () => {
     assert.ok(resilience.includes(`fallback poll table (${n(LOCAL_POLLS_MAX)}`), 'poll table cap');
     assert.ok(resilience.includes(`"log once" keys (${n(ONCE_MAX_KEYS)}`), 'log-once cap');
     assert.ok(resilience.includes(`waiting for a peer (${n(MAX_PENDING)}, then 503)`), 'pending proxies cap');
+    assert.ok(resilience.includes(`polling sessions an entry carries (${n(MAX_TRANSLATED)}`), 'translated sessions cap');
+    assert.ok(resilience.includes(`sessions a member takes carried (${n(MAX_CARRIED)}`), 'carried sessions cap');
     assert.match(readme, new RegExp(`${HOP_WINDOW_MS / 1000} s window`), 'hop window');
   });
 

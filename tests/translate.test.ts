@@ -172,6 +172,23 @@ describe('translated polling: the entry carries a polling session to its member 
     await eventually(() => byId('b').app.sessionCount() === 0, 'the member\'s session ends with it', 10_000);
   });
 
+  it('relays to a member that takes no carried sessions (an older version, or no sockjs server given): the session works', async () => {
+    cluster = await startCluster(['a', 'b'], url, (id) => ({
+      attach: id === 'a' ? { env: { CLUSTER_SELF_WEIGHT: '0' } } : { env: {}, sockjsServer: undefined },
+    }));
+    const a = byId('a');
+    const c = track(await sockjsDdp(a.url, { transports: ['xhr-polling'] }));
+    assert.match(c.info?.base_url ?? '', /\.[0-9a-f]+\/web$/, 'A still offers to carry');
+    const w = (await c.call('whoami')) as WhoamiResult;
+    assert.equal(w.instanceId, 'b');
+    assert.equal(((await c.call('whoami')) as WhoamiResult).sessionId, w.sessionId);
+    const s = a.cluster.stats();
+    assert.equal(s.translatedSessions, 0);
+    assert.ok((s.proxiedByTransport.xhr_send ?? 0) >= 2, 'sends relayed');
+    assert.equal(s.proxyErrors, 0, 'a refused carry is no proxy error');
+    assert.equal(byId('b').cluster.stats().pollingHop, 'relay');
+  });
+
   it('relays as before with CLUSTER_POLLING_HOP=relay: base_url names the member only', async () => {
     cluster = await forcedHop(['a', 'b'], { CLUSTER_POLLING_HOP: 'relay' });
     const a = byId('a');

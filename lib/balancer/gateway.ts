@@ -145,6 +145,8 @@ export class Gateway {
   readonly #translator: Translator | null;
   /** Polling sessions peers carry to this member. */
   readonly #carried: CarriedSessions | null;
+  /** Sessions whose member refused to take them carried: relayed (oldest forgotten first). */
+  readonly #relayOnly = new Set<string>();
 
   constructor(deps: GatewayDeps) {
     this.#d = deps;
@@ -350,7 +352,7 @@ export class Gateway {
     const translator = this.#translator;
     if (x.kind !== 'request' || facts.kind !== 'transport' || translator === null) return this.forward(a, relayOf(d));
     const sessionId = facts.sessionId;
-    if (!translator.has(sessionId) && (translator.full || SENDS.has(facts.transport))) {
+    if (!translator.has(sessionId) && (translator.full || SENDS.has(facts.transport) || this.#relayOnly.has(sessionId))) {
       // A send never opens a session; an unknown one is relayed (its member answers as sockjs would).
       return this.forward(a, relayOf(d));
     }
@@ -362,9 +364,14 @@ export class Gateway {
     const release = this.admitProxy();
     if (release === null) return x.reply(503, 'balancer overloaded');
     x.onClose(release);
-    translator.open(sessionId, x.req, x.res, this.carryTarget(x.req, a.hop, d.member, facts.transport), (err) => {
+    translator.open(sessionId, x.req, x.res, this.carryTarget(x.req, a.hop, d.member, facts.transport), (err, answered) => {
       release();
-      this.translateFailed(a, d, err);
+      if (!answered) return this.translateFailed(a, d, err);
+      // The member takes no carried sessions (an older version during a rolling upgrade, or no
+      // sockjs server to hand them to): this session is relayed to it, every request.
+      this.#relayOnly.add(sessionId);
+      if (this.#relayOnly.size > RELAY_ONLY_MAX) this.#relayOnly.delete(this.#relayOnly.values().next().value as string);
+      this.forward(a, relayOf(d));
     }, release);
   }
 
@@ -698,6 +705,8 @@ const SENDS = new Set(['xhr_send', 'jsonp_send']);
 const PROTOCOL_OF: Readonly<Record<string, string>> = {
   xhr: 'xhr-polling', xhr_streaming: 'xhr-streaming', eventsource: 'eventsource', htmlfile: 'htmlfile', jsonp: 'jsonp-polling',
 };
+/** Sessions remembered as relay-only at most (their member refused a carry upgrade). */
+const RELAY_ONLY_MAX = 10_000;
 /** Members tried for a new carried session before the client gets 502. */
 const MAX_TRANSLATE_TRIES = 2;
 

@@ -90,9 +90,11 @@ export class Translator {
   /**
    * Opens the websocket for a new carried session, then lets sockjs answer its first request.
    * `onFail` if the websocket can't be opened (nothing reached the client: the caller may try
-   * another member); `onOpen` once it is.
+   * another member), with `answered` when the member answered the upgrade with plain HTTP (a
+   * member that takes no carried sessions, e.g. an older version: relay to it instead); `onOpen`
+   * once it is open.
    */
-  open(sessionId: string, req: IncomingMessage, res: ServerResponse, target: CarryTarget, onFail: (err: Error) => void, onOpen: () => void): void {
+  open(sessionId: string, req: IncomingMessage, res: ServerResponse, target: CarryTarget, onFail: (err: Error, answered: boolean) => void, onOpen: () => void): void {
     const ws = new WebSocket(target.url, {
       headers: target.headers, perMessageDeflate: false, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, maxPayload: CARRY_MAX_PAYLOAD,
     });
@@ -119,13 +121,21 @@ export class Translator {
       if (b.conn !== null) b.conn.write(text);
       else b.early.push(text);
     });
-    ws.on('error', (err: Error) => {
-      if (b.ready) return void ws.terminate();
+    const failed = (err: Error, answered: boolean): void => {
       res.off('close', abandon);
       if (this.#bindings.get(sessionId) === b) this.#bindings.delete(sessionId);
       const [first, ...rest] = b.waiting.splice(0);
       for (const [, rs] of rest) rs.destroy();
-      if (first !== undefined && !first[1].destroyed) onFail(err);
+      if (first !== undefined && !first[1].destroyed) onFail(err, answered);
+    };
+    ws.on('unexpected-response', (upgradeReq: { destroy(): void }, answer: IncomingMessage) => {
+      answer.resume();
+      upgradeReq.destroy();
+      failed(new Error(`carry upgrade answered HTTP ${answer.statusCode ?? 0}`), true);
+    });
+    ws.on('error', (err: Error) => {
+      if (b.ready) return void ws.terminate();
+      failed(err, false);
     });
     ws.on('close', (code: number) => {
       if (!b.ready) return;

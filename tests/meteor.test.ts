@@ -379,6 +379,47 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
     });
   });
 
+  describe('translated pages: DISABLE_WEBSOCKETS=1, pages entering a member that sends every session to the other', () => {
+    let procs: MeteorProcess[] = [];
+    let context: BrowserContext;
+
+    before(async function () {
+      this.timeout(180_000);
+      const db = uniqueDbUrl(mongo().url, 'm_translated');
+      // tr-1 keeps no session itself (CLUSTER_SELF_WEIGHT=0): it carries each one to tr-2.
+      procs = await Promise.all(['tr-1', 'tr-2'].map((id) => startBundleOnFreePort(web, id, (port) => ({
+        ...memberEnv(db, 'translated', port), DISABLE_WEBSOCKETS: '1', HTTP_FORWARDED_COUNT: '1',
+        ...(id === 'tr-1' ? { CLUSTER_SELF_WEIGHT: '0' } : {}),
+      }))));
+      await waitServing(procs, ['tr-1', 'tr-2']);
+      context = await browser.newContext({ extraHTTPHeaders: { 'x-forwarded-for': '198.51.100.8' } });
+    });
+
+    after(async () => {
+      await context?.close().catch(() => undefined);
+      await Promise.all(procs.map((p) => p.kill('SIGKILL').catch(() => undefined)));
+    });
+
+    it('runs Meteor pages over polling carried by their entry to the member: methods, publications, client address', async () => {
+      const [entry, member] = procs as [MeteorProcess, MeteorProcess];
+      const pages: AppPage[] = [];
+      for (let i = 0; i < 3; i++) pages.push(await openPage(context, entry.url));
+      const who = await Promise.all(pages.map((p) => whoami(p)));
+      await Promise.all(pages.map((p) => publishedInstance(p, 'tr-2')));
+      assert.deepEqual(who.map((w) => w.instance), ['tr-2', 'tr-2', 'tr-2']);
+      assert.deepEqual([...new Set(who.map((w) => w.clientAddress))], ['198.51.100.8']);
+      assert.deepEqual([...new Set(await Promise.all(pages.map(transportOf)))], ['xhr-polling']);
+      assert.deepEqual(pages.flatMap((p) => p.errors), []);
+      const [e, m] = [(await apiCluster(entry)).stats, (await apiCluster(member)).stats];
+      assert.equal(e.pollingHop, 'translate');
+      assert.equal(e.translatedSessions, 3, 'the entry carries the three pages\' sessions');
+      assert.equal(m.carriedSessions, 3, 'the member holds them as carried sessions');
+      // A second call on each page reaches the same DDP session.
+      const again = await Promise.all(pages.map((p) => whoami(p)));
+      assert.deepEqual(again.map((w) => w.session), who.map((w) => w.session));
+    });
+  });
+
   describe('pinned pages: CLUSTER_BALANCER_URL and CLUSTER_PIN_DDP_URL=1', () => {
     let cluster: Cluster;
     let context: BrowserContext;

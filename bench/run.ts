@@ -9,7 +9,7 @@
  *   npm run bench -- --phases latency,throughput,setup,memory,balance,failover,rebalance
  *   npm run bench -- --phases rebalance   a 4th member joins 3 with 3,000 sessions (~9 min; --quick: 600, ~4 min)
  *   npm run bench -- --repeats 3 --sessions 9000
- *   npm run bench -- --profile ws|xhr     CPU profile of a forced-hop instance (node --cpu-prof)
+ *   npm run bench -- --profile ws|xhr|setup   CPU profile of a forced-hop instance (node --cpu-prof)
  *   npm run bench -- --profile xhr --setups local   the same of an instance serving everything here
  *   npm run bench -- --out DIR            write the results elsewhere (default bench/results)
  *
@@ -600,18 +600,20 @@ function count(values: readonly number[]): Record<string, number> {
  * serve hops; served here (`local`): a serves every session itself. V8 CPU profiles of a and b
  * over the measured window of a throughput run.
  */
-async function profile(ctx: Ctx, transport: 'ws' | 'xhr', outDir: string, setup: 'hop' | 'local'): Promise<void> {
+async function profile(ctx: Ctx, transport: 'ws' | 'xhr' | 'setup', outDir: string, setup: 'hop' | 'local'): Promise<void> {
   const profDir = path.join(ctx.tmpDir, `prof-${transport}`);
   fs.mkdirSync(profDir, { recursive: true });
   fs.mkdirSync(outDir, { recursive: true });
-  let result: ThroughputResult | null = null;
+  let result: ThroughputResult | SetupResult | null = null;
   await withStack(ctx, stackOptions(ctx, setup), async (stack) => {
     const a = stack.backends.find((b) => b.id === 'a');
     if (!a) throw new Error('no instance a');
-    const job: Job = { kind: 'throughput', transport, entries: [a.url], pick: 'rr', ...P.throughput[transport], durationMs: quick ? 5000 : 10_000 };
+    const job: Job = transport === 'setup'
+      ? { kind: 'setup', transport: 'ws', entries: [a.url], pick: 'rr', ...P.setup, durationMs: quick ? 5000 : 10_000 }
+      : { kind: 'throughput', transport, entries: [a.url], pick: 'rr', ...P.throughput[transport], durationMs: quick ? 5000 : 10_000 };
     await waitQuiet(() => stack.backendPids());
     let stopped: Promise<unknown> = Promise.resolve();
-    result = await runJob<ThroughputResult>(job, {
+    result = await runJob<ThroughputResult | SetupResult>(job, {
       onMessage: (m) => {
         if (m.type !== 'mark') return;
         if (m.what === 'start') for (const id of ['a', 'b']) void stack.send(id, { type: 'prof-start' });
@@ -620,8 +622,11 @@ async function profile(ctx: Ctx, transport: 'ws' | 'xhr', outDir: string, setup:
     });
     await stopped;
   });
-  const r = result as ThroughputResult | null;
-  const header = `${setup === 'hop' ? 'forced hop' : 'served here'} (${transport}), ${P.throughput[transport].sessions} sessions × ${P.throughput[transport].depth} in flight, every client entering at instance a: ${r?.callsPerSec ?? '?'} calls/s\n`;
+  const r = result as ThroughputResult | SetupResult | null;
+  const what = transport === 'setup'
+    ? `session set-up (websocket), ${P.setup.concurrency} concurrent, every client entering at instance a: ${r?.kind === 'setup' ? r.perSec : '?'} set-ups/s`
+    : `${transport}, ${P.throughput[transport].sessions} sessions × ${P.throughput[transport].depth} in flight, every client entering at instance a: ${r?.kind === 'throughput' ? r.callsPerSec : '?'} calls/s`;
+  const header = `${setup === 'hop' ? 'forced hop' : 'served here'} (${what})\n`;
   let text = header;
   const roles = setup === 'hop'
     ? [['a', 'entry instance a: proxies every request to b or c'], ['b', 'instance b: serves hops from a']] as const
@@ -689,7 +694,7 @@ async function main(): Promise<void> {
 
   try {
     if (args.profile !== undefined) {
-      const t = args.profile === 'xhr' ? 'xhr' : 'ws';
+      const t = args.profile === 'xhr' ? 'xhr' : args.profile === 'setup' ? 'setup' : 'ws';
       await profile(ctx, t, outDir, args.setups === 'local' ? 'local' : 'hop');
       return;
     }

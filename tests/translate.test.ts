@@ -11,7 +11,7 @@ import { getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp } from '../examples/no
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { keysFrom } from '../lib/sign';
 import { mongo, uniqueDbUrl } from './support/mongo';
-import { TEST_SECRET, startCluster, type Instance } from './support/cluster';
+import { TEST_SECRET, spawnInstance, startCluster, waitView, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
 
 describe('translated polling: the entry carries a polling session to its member over one websocket', function () {
@@ -117,6 +117,33 @@ describe('translated polling: the entry carries a polling session to its member 
 
     function getBase(): string {
       return `${byId('a').url}${new URL(c.info?.base_url as string).pathname}`;
+    }
+  });
+
+  it('kill -9 of the member: the entry closes the carried sessions at once and the clients reconnect through it to a survivor', async () => {
+    cluster = await forcedHop(['a', 'b']);
+    const a = byId('a');
+    const child = await spawnInstance('c', { CLUSTER_DISCOVERY_URL: url, CLUSTER_STALE_HORIZON: '4000' });
+    try {
+      await waitView(a.cluster, 'c serving', (v) => v.byId.get('c')?.state === 'serving' && v.byId.get('c')?.healthy === true);
+      // Sessions entering A until some are carried to c.
+      const onC: Array<Awaited<ReturnType<typeof sockjsDdp>>> = [];
+      for (let i = 0; i < 20 && onC.length < 3; i++) {
+        const c = track(await sockjsDdp(a.url, { transports: ['xhr-polling'] }));
+        if (((await c.call('whoami')) as WhoamiResult).instanceId === 'c') onC.push(c);
+      }
+      assert.ok(onC.length > 0, 'some sessions were carried to c');
+      await child.kill('SIGKILL');
+      // Each client's sockjs session ends (a close frame from A), not a hang until a timeout.
+      const closed = await Promise.all(onC.map((c) => c.closed));
+      assert.ok(closed.every((x) => x.code !== undefined), JSON.stringify(closed));
+      await eventually(() => a.cluster.stats().translatedSessions === a.cluster.stats().carriedSessions + byId('b').cluster.stats().carriedSessions || undefined,
+        'A carries only sessions that live on b', 10_000);
+      // A new session through A lands on the survivor.
+      const again = track(await sockjsDdp(a.url, { transports: ['xhr-polling'] }));
+      assert.equal(((await again.call('whoami')) as WhoamiResult).instanceId, 'b');
+    } finally {
+      await child.kill('SIGKILL');
     }
   });
 

@@ -5,6 +5,7 @@
  * 0.3.24), real sockjs-client and hand-driven xhr sessions.
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import WebSocket from 'ws';
 import type { WhoamiResult } from '../examples/node-ddp-app/app';
 import { getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp } from '../examples/node-ddp-app/clients';
@@ -171,6 +172,43 @@ describe('translated polling: the entry carries a polling session to its member 
     assert.equal(await open({ [HOP_HEADER]: valid }), 403, 'and only once');
     assert.equal((await httpRequest('GET', `${b.url}/cluster-ddp/carry`)).status, 404);
     assert.equal((await httpRequest('POST', `${b.url}/cluster-ddp/carry`, 'x')).status, 404);
+  });
+
+  it('answers hostile carried paths and carry upgrades with 4xx and stays up', async () => {
+    cluster = await forcedHop(['a', 'b']);
+    const [a, b] = [byId('a'), byId('b')];
+    const hashB = b.cluster.view().self!.endpointHash;
+    const hashA = a.cluster.view().self!.endpointHash;
+    const cases: [string, number][] = [
+      [`/cluster-ddp/${hashB}.zz/web/1/s/xhr`, 404],
+      [`/cluster-ddp/${hashB}.${hashA}.${hashA}/web/1/s/xhr`, 404],
+      [`/cluster-ddp/${hashB}.0123456789abcdef0000/web/1/s/xhr`, 404],
+      [`/cluster-ddp/${hashB}.${hashA}/bad!svc/1/s/xhr`, 400],
+      [`/cluster-ddp/${hashB}.${hashA}/web/1/s.s/xhr`, 404],
+      [`/cluster-ddp/${hashB}.${hashA}/web/1/unknown-session/xhr_send`, 404],
+    ];
+    for (const [path, status] of cases) {
+      const res = await httpRequest('POST', `${a.url}${path}`, '["x"]');
+      assert.equal(res.status, status, path);
+    }
+    // A carry upgrade with a valid hop header but a broken websocket handshake: refused, nothing opened.
+    const path = '/cluster-ddp/carry?t=xhr-polling';
+    const hop = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, { remoteAddress: '198.51.100.9', forwardedFor: null }, 'a', 'b', Date.now());
+    const answer = await new Promise<string>((resolve, reject) => {
+      const { hostname, port } = new URL(b.url);
+      const socket = net.connect(Number(port), hostname, () => socket.write(
+        `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!\r\n${HOP_HEADER}: ${hop}\r\n\r\n`));
+      let out = '';
+      socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
+      socket.on('data', (d: Buffer) => { out += d.toString('latin1'); });
+      socket.on('close', () => resolve(out));
+      socket.on('error', reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 400/);
+    assert.equal(b.cluster.stats().carriedSessions, 0);
+    // Both still serve, a carried session included.
+    const c = track(await sockjsDdp(a.url, { transports: ['xhr-polling'] }));
+    assert.equal(((await c.call('whoami')) as WhoamiResult).instanceId, 'b');
   });
 
   it('answers 404 for a carried session whose carrying balancer is gone, so its client reconnects', async () => {

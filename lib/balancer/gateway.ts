@@ -352,7 +352,8 @@ export class Gateway {
     const translator = this.#translator;
     if (x.kind !== 'request' || facts.kind !== 'transport' || translator === null) return this.forward(a, relayOf(d));
     const sessionId = facts.sessionId;
-    if (!translator.has(sessionId) && (translator.full || SENDS.has(facts.transport) || this.#relayOnly.has(sessionId))) {
+    const known = translator.has(sessionId);
+    if (!known && (translator.full || SENDS.has(facts.transport) || this.#relayOnly.has(sessionId))) {
       // A send never opens a session; an unknown one is relayed (its member answers as sockjs would).
       return this.forward(a, relayOf(d));
     }
@@ -360,7 +361,7 @@ export class Gateway {
     this.remember(facts, d, d.member);
     x.req.url = facts.localUrl;
     x.req.socket.setTimeout(STREAMING.has(facts.transport) ? 0 : POLL_TIMEOUT_MS);
-    if (translator.has(sessionId)) return translator.serve(sessionId, x.req, x.res);
+    if (known) return translator.serve(sessionId, x.req, x.res);
     const release = this.admitProxy();
     if (release === null) return x.reply(503, 'balancer overloaded');
     x.onClose(release);
@@ -400,10 +401,16 @@ export class Gateway {
       clientTouched: false, verdict: a.otherMembers < MAX_TRANSLATE_TRIES ? 'other-member' : 'give-up',
     }));
     if (a.otherMembers >= MAX_TRANSLATE_TRIES) return x.reply(502, 'upstream unavailable');
+    this.retryElsewhere(a, d.member);
+  }
+
+  /** Routes the attempt again without `failed` (and every member that failed it before), then acts. */
+  private retryElsewhere(a: Attempt, failed: Member): void {
     this.#stats.retries++;
-    a.excluded.add(d.member.id);
+    a.excluded.add(failed.id);
     a.otherMembers++;
-    a.decision = this.route(x.req, a.facts, a.hop, a.owner, a.excluded);
+    a.sameMember = false;
+    a.decision = this.route(a.x.req, a.facts, { kind: 'none' }, a.owner, a.excluded);
     this.published(a);
     this.act(a);
   }
@@ -496,13 +503,7 @@ export class Gateway {
         this.prepare(a);
         return this.send(a, d);
       case 'other-member':
-        this.#stats.retries++;
-        a.excluded.add(d.member.id);
-        a.otherMembers++;
-        a.sameMember = false;
-        a.decision = this.route(x.req, a.facts, { kind: 'none' }, a.owner, a.excluded);
-        this.published(a);
-        return this.act(a);
+        return this.retryElsewhere(a, d.member);
       case 'give-up':
         return x.reply(502, 'upstream unavailable');
     }

@@ -4,11 +4,11 @@ import {
   getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp, simpleDdp, wsDdp, type DdpClient,
 } from '../examples/node-ddp-app/clients';
 import { mongo, uniqueDbUrl } from './support/mongo';
-import net from 'node:net';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { keysFrom } from '../lib/sign';
 import { TEST_SECRET, freePort, spawnInstance, startCluster, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
+import { rawRequest } from './support/raw';
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
@@ -423,19 +423,3 @@ describe('balancer (three real instances, real clients)', function () {
     });
   });
 });
-
-/** Writes raw bytes to the server and resolves with whatever it answers before closing. */
-function rawRequest(base: string, bytes: string): Promise<string> {
-  const { hostname, port } = new URL(base);
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(Number(port), hostname, () => socket.write(bytes));
-    let out = '';
-    socket.setTimeout(10_000, () => socket.destroy(new Error('raw request timed out')));
-    socket.on('data', (d: Buffer) => {
-      out += d.toString('latin1');
-      if (out.includes('\r\n\r\n')) socket.destroy();
-    });
-    socket.on('close', () => resolve(out));
-    socket.on('error', reject);
-  });
-}

@@ -5,7 +5,6 @@
  * 0.3.24), real sockjs-client and hand-driven xhr sessions.
  */
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import WebSocket from 'ws';
 import type { WhoamiResult } from '../examples/node-ddp-app/app';
 import { getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp } from '../examples/node-ddp-app/clients';
@@ -14,6 +13,7 @@ import { keysFrom } from '../lib/sign';
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { TEST_SECRET, spawnInstance, startCluster, waitView, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
+import { rawRequest } from './support/raw';
 
 describe('translated polling: the entry carries a polling session to its member over one websocket', function () {
   this.timeout(120_000);
@@ -194,16 +194,8 @@ describe('translated polling: the entry carries a polling session to its member 
     // A carry upgrade with a valid hop header but a broken websocket handshake: refused, nothing opened.
     const path = '/cluster-ddp/carry?t=xhr-polling';
     const hop = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, { remoteAddress: '198.51.100.9', forwardedFor: null }, 'a', 'b', Date.now());
-    const answer = await new Promise<string>((resolve, reject) => {
-      const { hostname, port } = new URL(b.url);
-      const socket = net.connect(Number(port), hostname, () => socket.write(
-        `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!\r\n${HOP_HEADER}: ${hop}\r\n\r\n`));
-      let out = '';
-      socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
-      socket.on('data', (d: Buffer) => { out += d.toString('latin1'); });
-      socket.on('close', () => resolve(out));
-      socket.on('error', reject);
-    });
+    const answer = await rawRequest(b.url,
+      `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!\r\n${HOP_HEADER}: ${hop}\r\n\r\n`);
     assert.match(answer, /^HTTP\/1\.1 400/);
     assert.equal(b.cluster.stats().carriedSessions, 0);
     // Both still serve, a carried session included.

@@ -248,7 +248,7 @@ describe('balancer (three real instances, real clients)', function () {
     });
   });
 
-  it('answers sockjs info as sockjs would, with Meteor switches and CORS, and base_url', async () => {
+  it('answers sockjs info as sockjs would, with Meteor switches and CORS, and base_url (a sized body, not chunked)', async () => {
     cluster = await startCluster(['a', 'b'], url, () => ({ attach: { disableWebsockets: true, useJsessionid: true } }));
     const res = await httpRequest('GET', `${at(A).url}/sockjs/info`, undefined, { headers: { origin: 'https://app.example.com' } });
     assert.equal(res.status, 200);
@@ -261,6 +261,8 @@ describe('balancer (three real instances, real clients)', function () {
     assert.equal(res.headers['access-control-allow-origin'], 'https://app.example.com');
     assert.equal(res.headers['access-control-allow-credentials'], 'true');
     assert.match(String(res.headers['cache-control']), /no-store/);
+    assert.equal(res.headers['content-length'], String(Buffer.byteLength(res.body)));
+    assert.equal(res.headers['transfer-encoding'], undefined);
     // Preflight goes to sockjs itself.
     const pre = await httpRequest('OPTIONS', `${at(A).url}/sockjs/info`);
     assert.equal(pre.status, 204);

@@ -67,7 +67,10 @@ function firstToken(v: string | string[] | undefined): string | null {
   return t ? t : null;
 }
 
-/** Answers GET <prefix>/sockjs/info as sockjs 0.3.24 would, plus `base_url`. */
+/**
+ * Answers GET <prefix>/sockjs/info as sockjs 0.3.24 would, plus `base_url`: status, headers and
+ * body in one write (one writeHead with a Content-Length, so the body isn't chunked).
+ */
 export function sendInfo(req: IncomingMessage, res: ServerResponse, opts: InfoOptions, baseUrl: string | null): void {
   const body: Record<string, unknown> = {
     websocket: opts.websocket,
@@ -76,21 +79,21 @@ export function sendInfo(req: IncomingMessage, res: ServerResponse, opts: InfoOp
     entropy: randomInt(0, 2 ** 32),
   };
   if (baseUrl !== null) body.base_url = baseUrl;
-  res.setHeader('Content-Type', 'application/json; charset=UTF-8');
-  res.setHeader('Cache-Control', 'no-store, no-cache, no-transform, must-revalidate, max-age=0');
+  const json = JSON.stringify(body);
+  const headers = [
+    'Content-Type', 'application/json; charset=UTF-8',
+    'Cache-Control', 'no-store, no-cache, no-transform, must-revalidate, max-age=0',
+    'Content-Length', String(Buffer.byteLength(json)),
+  ];
   if (opts.cors) {
     // Same CORS as sockjs' xhr_cors filter.
     const origin = req.headers.origin;
-    if (typeof origin === 'string' && origin !== '') {
-      res.setHeader('Access-Control-Allow-Origin', origin);
-      res.setHeader('Access-Control-Allow-Credentials', 'true');
-    } else {
-      res.setHeader('Access-Control-Allow-Origin', '*');
-    }
-    res.setHeader('Vary', 'Origin');
+    if (typeof origin === 'string' && origin !== '') headers.push('Access-Control-Allow-Origin', origin, 'Access-Control-Allow-Credentials', 'true');
+    else headers.push('Access-Control-Allow-Origin', '*');
+    headers.push('Vary', 'Origin');
     const asked = req.headers['access-control-request-headers'];
-    if (typeof asked === 'string') res.setHeader('Access-Control-Allow-Headers', asked);
+    if (typeof asked === 'string') headers.push('Access-Control-Allow-Headers', asked);
   }
-  res.writeHead(200);
-  res.end(JSON.stringify(body));
+  res.writeHead(200, headers);
+  res.end(json);
 }

@@ -11,18 +11,21 @@
  *   npm run bench -- --repeats 3 --sessions 9000
  *   npm run bench -- --profile ws|xhr|setup   CPU profile of a forced-hop instance (node --cpu-prof)
  *   npm run bench -- --profile xhr --setups local   the same of an instance serving everything here
+ *   npm run bench -- --cost --setups hop,nginx,floor   CPU per session set-up of the entry (instance a,
+ *                                             the proxy, or bench/floor.ts) and of the instances behind it
  *   npm run bench -- --out DIR            write the results elsewhere (default bench/results)
  *
  * Needs nginx and haproxy (Debian: apt-get install -y nginx haproxy) and a MongoDB-compatible
  * server for discovery (same sources as the tests: CLUSTER_TEST_MONGO_URL, mongod, or FerretDB).
  * Everything is on loopback; every load loop is bounded in count and time.
  */
-import { execFileSync, fork } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { disposeAll, startMongo } from '../examples/node-ddp-app/mongo';
+import { disposeAll, freePort, startMongo } from '../examples/node-ddp-app/mongo';
 import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, RebalanceResult, SetupResult, ThroughputResult } from './loadgen';
 import { foreignCores, machine, systemCpu, usage, type Usage } from './procstat';
 import { analyzeProfile } from './profile';
@@ -40,6 +43,7 @@ const { values: args } = parseArgs({
     repeats: { type: 'string' },
     sessions: { type: 'string' },
     profile: { type: 'string' },
+    cost: { type: 'boolean', default: false },
     out: { type: 'string' },
   },
 });
@@ -644,6 +648,67 @@ async function profile(ctx: Ctx, transport: 'ws' | 'xhr' | 'setup', outDir: stri
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* cost                                                                                        */
+
+const COST_SETUPS = ['hop', 'nginx', 'haproxy', 'floor'] as const;
+type CostSetup = (typeof COST_SETUPS)[number];
+
+/**
+ * CPU per session set-up (the set-up phase's job, every client entering at one place) of the entry
+ * and of the instances behind it, measured from /proc without a profiler. The entry: instance a
+ * with CLUSTER_SELF_WEIGHT=0 (hop), the proxy (nginx, haproxy), or bench/floor.ts in front of plain
+ * instances (floor: Node's own cost of answering info and piping an upgrade, nothing else). The
+ * ratio entry / behind is steadier than either figure: this VM's speed drifts by ±20 %.
+ */
+async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
+  const stackName: SetupName = name === 'floor' ? 'direct' : name;
+  await withStack(ctx, stackOptions(ctx, stackName), async (stack) => {
+    let floor: ChildProcess | null = null;
+    let entry: string;
+    let front: () => number[];
+    let behind: () => number[];
+    const pidsOf = (ids: string[]): number[] => stack.backends.filter((b) => ids.includes(b.id)).map((b) => b.proc.pid ?? 0);
+    if (name === 'hop') {
+      entry = (stack.backends.find((b) => b.id === 'a') as { url: string }).url;
+      front = () => pidsOf(['a']);
+      behind = () => pidsOf(['b', 'c']);
+    } else if (name === 'floor') {
+      const port = await freePort();
+      floor = fork(path.join(REPO, 'bench', 'floor.ts'), [String(port), ...stack.backends.map((b) => new URL(b.url).port)], {
+        cwd: REPO, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+      await once(floor, 'message');
+      entry = `http://127.0.0.1:${port}`;
+      front = () => [floor?.pid ?? 0];
+      behind = () => stack.backendPids();
+    } else {
+      entry = stack.entries.entries[0] as string;
+      front = () => stack.proxyPids();
+      behind = () => stack.backendPids();
+    }
+    try {
+      const job: Job = { kind: 'setup', transport: 'ws', entries: [entry], pick: 'rr', ...P.setup, durationMs: quick ? 3000 : 8000 };
+      await waitQuiet(() => [...front(), ...behind()]);
+      let u0 = [usage(front()).cpu, usage(behind()).cpu];
+      let du = [0, 0];
+      const r = await runJob<SetupResult>(job, {
+        onMessage: (m) => {
+          if (m.type !== 'mark') return;
+          if (m.what === 'start') u0 = [usage(front()).cpu, usage(behind()).cpu];
+          else du = [usage(front()).cpu - (u0[0] ?? 0), usage(behind()).cpu - (u0[1] ?? 0)];
+        },
+      });
+      const n = r.perSec * (job.durationMs / 1000);
+      const per = (cpu: number): number => (n > 0 ? (cpu / n) * 1000 : NaN);
+      const [f, b] = [per(du[0] ?? 0), per(du[1] ?? 0)];
+      log(`cost ${name.padEnd(7)} ${String(r.perSec).padStart(7)} set-ups/s (${r.errors} errors): CPU ms per set-up: entry ${f.toFixed(3)}, behind it ${b.toFixed(3)}, entry/behind ${(f / b).toFixed(2)}`);
+    } finally {
+      floor?.kill();
+    }
+  });
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* main                                                                                        */
 
 function gitDescribe(): { commit: string; dirty: boolean } {
@@ -658,7 +723,9 @@ function gitDescribe(): { commit: string; dirty: boolean } {
 
 async function main(): Promise<void> {
   const outDir = path.resolve(args.out ?? path.join(REPO, 'bench', 'results'));
-  const want = new Set<SetupName>((args.setups ? args.setups.split(',') : [...SETUPS]).map((s) => s.trim() as SetupName));
+  const costSetups = (args.setups ?? 'hop,nginx,floor').split(',').map((s) => s.trim() as CostSetup);
+  for (const s of costSetups) if (args.cost === true && !COST_SETUPS.includes(s)) throw new Error(`unknown setup ${s} for --cost; choose from ${COST_SETUPS.join(',')}`);
+  const want = new Set<SetupName>((args.cost === true ? costSetups.map((s) => (s === 'floor' ? 'direct' : s)) : args.setups ? args.setups.split(',') : [...SETUPS]).map((s) => s.trim() as SetupName));
   for (const s of want) if (!SETUPS.includes(s)) throw new Error(`unknown setup ${s}; choose from ${SETUPS.join(',')}`);
   want.add('direct');
   const setups = SETUPS.filter((s) => want.has(s));
@@ -693,6 +760,12 @@ async function main(): Promise<void> {
   const ctx: Ctx = { mongoUrl, bins: proxies ? { nginx: proxies.nginx, haproxy: proxies.haproxy } : null, tmpDir, samples: [] };
 
   try {
+    if (args.cost === true) {
+      for (let round = 0; round < (quick ? 1 : 3); round++) {
+        for (const s of costSetups) await cost(ctx, s);
+      }
+      return;
+    }
     if (args.profile !== undefined) {
       const t = args.profile === 'xhr' ? 'xhr' : args.profile === 'setup' ? 'setup' : 'ws';
       await profile(ctx, t, outDir, args.setups === 'local' ? 'local' : 'hop');

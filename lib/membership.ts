@@ -146,8 +146,8 @@ export class Membership {
     if (member.self) this.#pending.landed(now);
     this.#pending.add(member.id, this.report(member), now);
     this.#intake.add(member.id, now);
-    // Peers' load figures are worth refreshing.
-    this.#checker.refresh();
+    // The figures of the peers it competed with are worth refreshing.
+    this.#checker.refresh(member.service);
   }
 
   /** New sessions this instance routed recently to `memberId`, and in all (slow start's share cap). */

@@ -268,6 +268,19 @@ describe('balancer (three real instances, real clients)', function () {
     assert.equal(pre.status, 204);
   });
 
+  it('answers the health route with its live figures for peers\' checks, sized (not chunked)', async () => {
+    cluster = await startCluster(['a', 'b'], url);
+    const res = await httpRequest('GET', `${at(A).url}/cluster/health`);
+    assert.equal(res.status, 200);
+    const body = JSON.parse(res.body) as Record<string, unknown>;
+    assert.equal(body.id, 'a');
+    assert.equal(body.status, 'serving');
+    assert.equal(typeof body.sessions, 'number');
+    assert.equal(typeof body.opened, 'number');
+    assert.equal(res.headers['content-length'], String(Buffer.byteLength(res.body)));
+    assert.equal(res.headers['transfer-encoding'], undefined);
+  });
+
   it('honours ROOT_URL_PATH_PREFIX for info, pinned paths and raw websockets', async () => {
     cluster = await startCluster(['a', 'b'], url, () => ({ app: { rootUrlPathPrefix: '/app' } }));
     assert.match(at(A).url, /\/app$/);

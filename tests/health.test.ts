@@ -19,13 +19,13 @@ async function peerServer(id: () => string, status = 'serving'): Promise<{ serve
   return { server, port: (server.address() as AddressInfo).port };
 }
 
-function viewOf(peers: { id: string; port: number; ageMs?: number }[]): MembershipView {
+function viewOf(peers: { id: string; port: number; ageMs?: number; service?: string }[]): MembershipView {
   return buildView({
     at: 0, self: null, staleMs: 3000, discoveryOk: true, stale: false,
     observed: peers.map((p) => ({
       ageMs: p.ageMs ?? 100,
       entry: {
-        _id: p.id, service: 'web', endpoint: `http://127.0.0.1:${p.port}`, endpointHash: endpointHash(`http://127.0.0.1:${p.port}`),
+        _id: p.id, service: p.service ?? 'web', endpoint: `http://127.0.0.1:${p.port}`, endpointHash: endpointHash(`http://127.0.0.1:${p.port}`),
         balancer: null, state: 'serving', appVersion: null, pkgVersion: '0', host: 'h', pid: 1, startedAt: new Date(), heartbeatAt: new Date(),
         heartbeatMs: 1000, seq: 1, servingMs: 1000, load: { sessions: 0, capacity: 10, elu: 0, delayMs: 0, cpu: 0, rss: 0 }, sig: null,
       },
@@ -75,6 +75,42 @@ describe('health checks (real peers over http)', function () {
     peer.server.listen(peer.port, '127.0.0.1');
     await once(peer.server, 'listening');
     await waitStatus(checker, 'p', (s) => s.up, 'up again');
+  });
+
+  it('refreshes only the peers of the service a session was routed in: other services\' peers wait for their round', async () => {
+    const hits = { web: 0, admin: 0 };
+    const serverFor = (service: 'web' | 'admin'): http.Server => http.createServer((_req, res) => {
+      hits[service]++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: 'serving', id: service, sessions: 1, capacity: 100, opened: hits[service], at: Date.now() }));
+    });
+    const web = serverFor('web');
+    const admin = serverFor('admin');
+    for (const s of [web, admin]) {
+      s.listen(0, '127.0.0.1');
+      await once(s, 'listening');
+      servers.push(s);
+    }
+    const slow = new HealthChecker({ intervalMs: 60_000, timeoutMs: 1000, fall: 2, rise: 2, path: '/cluster/health' });
+    try {
+      slow.update(viewOf([
+        { id: 'web', port: (web.address() as AddressInfo).port, service: 'web' },
+        { id: 'admin', port: (admin.address() as AddressInfo).port, service: 'admin' },
+      ]));
+      slow.start();
+      // Several refreshes, each after the one before was answered, all for 'web'.
+      for (let k = 1; k <= 3; k++) {
+        await eventually(() => {
+          slow.refresh('web');
+          return slow.status('web')?.load?.opened === k ? true : undefined;
+        }, `refresh ${k} of the web peer`, 5000, 2 * REFRESH_GAP_MS);
+      }
+      assert.equal(hits.admin, 0, 'the admin peer was never checked');
+      slow.refresh();
+      await eventually(() => (hits.admin === 1 ? true : undefined), 'a refresh of every service reaches the admin peer', 5000, 20);
+    } finally {
+      slow.close();
+    }
   });
 
   it('refreshes the load of a peer on demand between rounds, one check in flight at a time, with its opened count', async () => {

@@ -697,8 +697,10 @@ export class Gateway {
  * and can tell which sessions they routed here arrived (even those that closed again since).
  */
 function health(res: ServerResponse, report: HealthReport): void {
-  res.writeHead(report.ok ? 200 : 503, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
-  res.end(JSON.stringify(report.body));
+  // Sized, in one write: every peer asks for it up to every REFRESH_GAP_MS while sessions arrive.
+  const json = JSON.stringify(report.body);
+  res.writeHead(report.ok ? 200 : 503, ['Content-Type', 'application/json', 'Cache-Control', 'no-store', 'Content-Length', String(Buffer.byteLength(json))]);
+  res.end(json);
 }
 
 const SENDS = new Set(['xhr_send', 'jsonp_send']);

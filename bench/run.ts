@@ -13,6 +13,7 @@
  *   npm run bench -- --profile xhr --setups local   the same of an instance serving everything here
  *   npm run bench -- --cost --setups hop,nginx,floor   CPU per session set-up of the entry (instance a,
  *                                             the proxy, or bench/floor.ts) and of the instances behind it
+ *                                             (also direct, local: instance a serving everything)
  *   npm run bench -- --out DIR            write the results elsewhere (default bench/results)
  *
  * Needs nginx and haproxy (Debian: apt-get install -y nginx haproxy) and a MongoDB-compatible
@@ -650,14 +651,16 @@ async function profile(ctx: Ctx, transport: 'ws' | 'xhr' | 'setup', outDir: stri
 /* ------------------------------------------------------------------------------------------ */
 /* cost                                                                                        */
 
-const COST_SETUPS = ['hop', 'nginx', 'haproxy', 'floor'] as const;
+const COST_SETUPS = ['direct', 'local', 'hop', 'nginx', 'haproxy', 'floor'] as const;
 type CostSetup = (typeof COST_SETUPS)[number];
 
 /**
  * CPU per session set-up (the set-up phase's job, every client entering at one place) of the entry
  * and of the instances behind it, measured from /proc without a profiler. The entry: instance a
  * with CLUSTER_SELF_WEIGHT=0 (hop), the proxy (nginx, haproxy), or bench/floor.ts in front of plain
- * instances (floor: Node's own cost of answering info and piping an upgrade, nothing else). The
+ * instances (floor: Node's own cost of answering info and piping an upgrade, nothing else); or
+ * instance a serving every session itself (direct: the plain app; local: with ddp-cluster), b and
+ * c idle behind it. The
  * ratio entry / behind is steadier than either figure: this VM's speed drifts by ±20 %.
  */
 async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
@@ -668,7 +671,7 @@ async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
     let front: () => number[];
     let behind: () => number[];
     const pidsOf = (ids: string[]): number[] => stack.backends.filter((b) => ids.includes(b.id)).map((b) => b.proc.pid ?? 0);
-    if (name === 'hop') {
+    if (name === 'hop' || name === 'direct' || name === 'local') {
       entry = (stack.backends.find((b) => b.id === 'a') as { url: string }).url;
       front = () => pidsOf(['a']);
       behind = () => pidsOf(['b', 'c']);

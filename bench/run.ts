@@ -651,7 +651,7 @@ async function profile(ctx: Ctx, transport: 'ws' | 'xhr' | 'setup', outDir: stri
 /* ------------------------------------------------------------------------------------------ */
 /* cost                                                                                        */
 
-const COST_SETUPS = ['direct', 'local', 'hop', 'nginx', 'haproxy', 'floor'] as const;
+const COST_SETUPS = ['direct', 'local', 'hop', 'pin', 'nginx', 'haproxy', 'floor'] as const;
 type CostSetup = (typeof COST_SETUPS)[number];
 
 /**
@@ -659,19 +659,23 @@ type CostSetup = (typeof COST_SETUPS)[number];
  * and of the instances behind it, measured from /proc without a profiler. The entry: instance a
  * with CLUSTER_SELF_WEIGHT=0 (hop), the proxy (nginx, haproxy), or bench/floor.ts in front of plain
  * instances (floor: Node's own cost of answering info and piping an upgrade, nothing else); or
+ * instance a pinning every session to b or c, which have balancer URLs (pin: no hop at all); or
  * instance a serving every session itself (direct: the plain app; local: with ddp-cluster), b and
  * c idle behind it. The
  * ratio entry / behind is steadier than either figure: this VM's speed drifts by ±20 %.
  */
 async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
-  const stackName: SetupName = name === 'floor' ? 'direct' : name;
-  await withStack(ctx, stackOptions(ctx, stackName), async (stack) => {
+  const stackName: SetupName = name === 'floor' ? 'direct' : name === 'pin' ? 'hop' : name;
+  // pin: the forced hop's policy, but every instance has a balancer URL (its own address), so the
+  // client is pinned there and opens its session on the member directly: no hop.
+  const extra: Partial<StackOptions> = name === 'pin' ? { env: (_id, port) => ({ CLUSTER_BALANCER_URL: `http://127.0.0.1:${port}` }) } : {};
+  await withStack(ctx, stackOptions(ctx, stackName, extra), async (stack) => {
     let floor: ChildProcess | null = null;
     let entry: string;
     let front: () => number[];
     let behind: () => number[];
     const pidsOf = (ids: string[]): number[] => stack.backends.filter((b) => ids.includes(b.id)).map((b) => b.proc.pid ?? 0);
-    if (name === 'hop' || name === 'direct' || name === 'local') {
+    if (name === 'hop' || name === 'pin' || name === 'direct' || name === 'local') {
       entry = (stack.backends.find((b) => b.id === 'a') as { url: string }).url;
       front = () => pidsOf(['a']);
       behind = () => pidsOf(['b', 'c']);
@@ -728,7 +732,7 @@ async function main(): Promise<void> {
   const outDir = path.resolve(args.out ?? path.join(REPO, 'bench', 'results'));
   const costSetups = (args.setups ?? 'hop,nginx,floor').split(',').map((s) => s.trim() as CostSetup);
   for (const s of costSetups) if (args.cost === true && !COST_SETUPS.includes(s)) throw new Error(`unknown setup ${s} for --cost; choose from ${COST_SETUPS.join(',')}`);
-  const want = new Set<SetupName>((args.cost === true ? costSetups.map((s) => (s === 'floor' ? 'direct' : s)) : args.setups ? args.setups.split(',') : [...SETUPS]).map((s) => s.trim() as SetupName));
+  const want = new Set<SetupName>((args.cost === true ? costSetups.map((s) => (s === 'floor' ? 'direct' : s === 'pin' ? 'hop' : s)) : args.setups ? args.setups.split(',') : [...SETUPS]).map((s) => s.trim() as SetupName));
   for (const s of want) if (!SETUPS.includes(s)) throw new Error(`unknown setup ${s}; choose from ${SETUPS.join(',')}`);
   want.add('direct');
   const setups = SETUPS.filter((s) => want.has(s));

@@ -48,8 +48,8 @@ export interface StackOptions {
   readonly capacity?: readonly number[];
   /** Most concurrent client connections the proxies must accept. */
   readonly maxConns: number;
-  /** Extra env per backend id. */
-  readonly env?: (id: string) => Record<string, string>;
+  /** Extra env per backend id (and the port it listens on). */
+  readonly env?: (id: string, port: number) => Record<string, string>;
 }
 
 interface BackendProc {
@@ -175,7 +175,7 @@ export class Stack {
       // path runs (registry, view, route, info pinning) and always picks this instance.
       if (o.name === 'local') env.CLUSTER_SERVICE = `web-${id}`;
     }
-    Object.assign(env, o.env?.(id) ?? {});
+    Object.assign(env, o.env?.(id, port) ?? {});
     const proc = fork(path.join(REPO, 'bench', 'backend.ts'), [], {
       cwd: REPO,
       env,

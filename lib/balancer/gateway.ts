@@ -27,6 +27,7 @@ import { RETRY_POLICY, isRefusal, retryVerdict } from './retry';
 import { door, route, type Balanced, type Decision, type DoorDecision, type RoutePolicy } from './route';
 import { ProxiedPolls, type ProxiedPoll } from './polls';
 import { SessionTable } from './sessions';
+import { RecentIds } from './recent';
 import { CARRY_PROTOCOL_PARAM, CarriedSessions, SOCKJS_HEADERS, sockjsServerOf } from './carried';
 import { Translator, type CarryTarget } from './translate';
 import { CARRY_PATH } from './classify';
@@ -146,7 +147,7 @@ export class Gateway {
   /** Polling sessions peers carry to this member. */
   readonly #carried: CarriedSessions | null;
   /** Sessions whose member refused to take them carried: relayed (oldest forgotten first). */
-  readonly #relayOnly = new Set<string>();
+  readonly #relayOnly = new RecentIds(RELAY_ONLY_MAX);
 
   constructor(deps: GatewayDeps) {
     this.#d = deps;
@@ -371,7 +372,6 @@ export class Gateway {
       // The member takes no carried sessions (an older version during a rolling upgrade, or no
       // sockjs server to hand them to): this session is relayed to it, every request.
       this.#relayOnly.add(sessionId);
-      if (this.#relayOnly.size > RELAY_ONLY_MAX) this.#relayOnly.delete(this.#relayOnly.values().next().value as string);
       this.forward(a, relayOf(d));
     }, release);
   }

@@ -6,6 +6,7 @@
  * 404 (sockjs: no such session), so the client can't keep the session through here.
  */
 import type { ServerResponse } from 'node:http';
+import { RecentIds } from './recent';
 
 /** Sessions remembered at most (least recently polled go first). */
 const MAX_SESSIONS = 100_000;
@@ -25,7 +26,7 @@ export interface ProxiedPoll {
 
 export class ProxiedPolls {
   readonly #polls = new Map<string, Poll>();
-  readonly #moved = new Set<string>();
+  readonly #moved = new RecentIds(MAX_SESSIONS);
   readonly #idleMs: number;
 
   constructor(idleMs = 60_000) {
@@ -67,10 +68,6 @@ export class ProxiedPolls {
 
   private move(sessionId: string): void {
     this.#moved.add(sessionId);
-    if (this.#moved.size > MAX_SESSIONS) {
-      const first = this.#moved.values().next().value;
-      if (first !== undefined) this.#moved.delete(first);
-    }
     const p = this.#polls.get(sessionId);
     this.#polls.delete(sessionId);
     for (const res of p?.inFlight ?? []) res.destroy();

@@ -99,6 +99,16 @@ export function reply(res: ServerResponse, status: number, message: string): voi
   res.end(message + '\n');
 }
 
+/**
+ * Answers with a body known in full: sized (`extra` header pairs plus Content-Length) and in one
+ * write. `writeHead` before `end(body)` without a length makes Node chunk the body.
+ */
+export function sendSized(res: ServerResponse, status: number, extra: string[], body: string): void {
+  extra.push('Content-Length', String(Buffer.byteLength(body)));
+  res.writeHead(status, extra);
+  res.end(body);
+}
+
 const STATUS_TEXT: Readonly<Record<number, string>> = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable' };
 
 export function rejectUpgrade(socket: Socket, status: number, message: string): void {

@@ -19,7 +19,7 @@ import { publish } from '../events';
 import type { HealthReport, Membership } from '../membership';
 import { ClusterError, errorKind, type BalancerStats } from '../outcomes';
 import { classify, type DdpFacts, type RequestFacts } from './classify';
-import { UpgradeExchange, WebExchange, type Exchange, type ServeRequest, type ServeUpgrade } from './exchange';
+import { UpgradeExchange, WebExchange, sendSized, type Exchange, type ServeRequest, type ServeUpgrade } from './exchange';
 import { HOP_HEADER, ReplayGuard, checkHop, clientViewOf, makeHop, type HopCheck } from './hop';
 import { baseUrlFor, pinnedPath, sendInfo } from './info';
 import { Forwarder, type ProxyAttempt, type Tunnel } from './proxy';
@@ -697,10 +697,8 @@ export class Gateway {
  * and can tell which sessions they routed here arrived (even those that closed again since).
  */
 function health(res: ServerResponse, report: HealthReport): void {
-  // Sized, in one write: every peer asks for it up to every REFRESH_GAP_MS while sessions arrive.
-  const json = JSON.stringify(report.body);
-  res.writeHead(report.ok ? 200 : 503, ['Content-Type', 'application/json', 'Cache-Control', 'no-store', 'Content-Length', String(Buffer.byteLength(json))]);
-  res.end(json);
+  // Every peer asks for it up to every REFRESH_GAP_MS while sessions arrive.
+  sendSized(res, report.ok ? 200 : 503, ['Content-Type', 'application/json', 'Cache-Control', 'no-store'], JSON.stringify(report.body));
 }
 
 const SENDS = new Set(['xhr_send', 'jsonp_send']);

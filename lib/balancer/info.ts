@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomInt } from 'node:crypto';
 import type { Member } from '../discovery/view';
+import { sendSized } from './exchange';
 
 export interface InfoOptions {
   readonly websocket: boolean;
@@ -69,7 +70,7 @@ function firstToken(v: string | string[] | undefined): string | null {
 
 /**
  * Answers GET <prefix>/sockjs/info as sockjs 0.3.24 would, plus `base_url`: status, headers and
- * body in one write (one writeHead with a Content-Length, so the body isn't chunked).
+ * body in one write (sendSized).
  */
 export function sendInfo(req: IncomingMessage, res: ServerResponse, opts: InfoOptions, baseUrl: string | null): void {
   const body: Record<string, unknown> = {
@@ -79,11 +80,9 @@ export function sendInfo(req: IncomingMessage, res: ServerResponse, opts: InfoOp
     entropy: randomInt(0, 2 ** 32),
   };
   if (baseUrl !== null) body.base_url = baseUrl;
-  const json = JSON.stringify(body);
   const headers = [
     'Content-Type', 'application/json; charset=UTF-8',
     'Cache-Control', 'no-store, no-cache, no-transform, must-revalidate, max-age=0',
-    'Content-Length', String(Buffer.byteLength(json)),
   ];
   if (opts.cors) {
     // Same CORS as sockjs' xhr_cors filter.
@@ -94,6 +93,5 @@ export function sendInfo(req: IncomingMessage, res: ServerResponse, opts: InfoOp
     const asked = req.headers['access-control-request-headers'];
     if (typeof asked === 'string') headers.push('Access-Control-Allow-Headers', asked);
   }
-  res.writeHead(200, headers);
-  res.end(json);
+  sendSized(res, 200, headers, JSON.stringify(body));
 }

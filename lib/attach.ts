@@ -120,7 +120,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
     return {
       ...gateway.stats(), instanceId: config.instanceId, state: membership.state, sessions: sessionCount(),
       members: view.members.length, healthyMembers: view.members.filter((m) => m.healthy).length, discoveryOk: view.discoveryOk,
-      health: membership.health(), discoveryRttMs: membership.rttMs, rebalance: rebalancer.stats(), workers: workers.stats(),
+      health: membership.health(), loadFeeds: membership.feeds(), discoveryRttMs: membership.rttMs, rebalance: rebalancer.stats(), workers: workers.stats(),
       sockjsEntry,
     };
   };

@@ -9,6 +9,7 @@ import type { ClusterConfig } from './config';
 import { Registry, type RegistryEvents } from './discovery/registry';
 import { viewFromMembers, type Member, type MembershipView } from './discovery/view';
 import { HealthChecker, overlayHealth } from './balancer/health';
+import { LoadFeed } from './balancer/feed';
 import { publish } from './events';
 import { RecentIntake } from './balancer/intake';
 import { PendingLoad, type LoadReport } from './balancer/pending';
@@ -16,6 +17,11 @@ import { LoadSampler } from './load';
 import type { Logger } from './log';
 import type { ErrorKind, HealthStatus, MemberState } from './outcomes';
 import type { Keys } from './sign';
+import type { ServerResponse } from 'node:http';
+import { HOP_HEADER, makeHop, type ClientView } from './balancer/hop';
+
+/** A load watch is the instance's own request: no client behind it. */
+const NO_CLIENT: ClientView = { remoteAddress: null, forwardedFor: null };
 
 export interface MembershipOptions {
   readonly config: ClusterConfig;
@@ -54,6 +60,8 @@ export class Membership {
   #opened = 0;
   /** The registry samples the load once while it is built, before there is a view to count pending sessions in. */
   #built = false;
+  /** This instance's health answer, pushed to the peers that watch it (feed.ts). */
+  readonly #feed: LoadFeed;
 
   constructor(o: MembershipOptions) {
     this.#config = o.config;
@@ -65,6 +73,19 @@ export class Membership {
     this.#checker = new HealthChecker({
       intervalMs: o.config.healthIntervalMs, timeoutMs: o.config.healthTimeoutMs, fall: o.config.healthFall, rise: o.config.healthRise,
       path: `${o.config.pathPrefix}${o.config.dashboardPath}/health`,
+      // A watch of a peer's load feed is signed for that peer like any hop; without a secret, none.
+      watchHeaders: (member, url) => {
+        const keys = this.keys;
+        if (keys === null) return null;
+        return { [HOP_HEADER]: makeHop(keys, 'GET', url, NO_CLIENT, this.selfId(), member.id, Date.now()) };
+      },
+    });
+    this.#feed = new LoadFeed({
+      key: () => {
+        const b = this.healthReport().body;
+        return `${b.status} ${b.sessions} ${b.opened} ${b.pending} ${b.capacity}`;
+      },
+      body: () => JSON.stringify(this.healthReport().body),
     });
     this.#view = this.#registry.view();
     this.#registry.on('view', () => this.rebuild());
@@ -190,6 +211,16 @@ export class Membership {
     };
   }
 
+  /** Serves a peer's watch of this instance's load feed on `res` (authenticated by the caller); false past the cap. */
+  watch(res: ServerResponse): boolean {
+    return this.#feed.add(res);
+  }
+
+  /** Load feeds now: peers whose feed this instance watches, and peers watching this instance's. */
+  feeds(): { watching: number; watchers: number } {
+    return { watching: this.#checker.watching, watchers: this.#feed.size };
+  }
+
   /** Periodic housekeeping: pending entries of members that left. */
   maintain(): void {
     this.#pending.prune(new Set(this.#view.byId.keys()));
@@ -206,6 +237,7 @@ export class Membership {
 
   /** Deregisters and stops the checks and the load sampler. */
   async close(): Promise<void> {
+    this.#feed.close();
     this.#checker.close();
     await this.#registry.close();
     this.#sampler.close();
@@ -223,6 +255,9 @@ export class Membership {
    */
   private report(member: Member): LoadReport {
     if (member.self) return { at: 0, sessions: this.#sessionCount(), opened: this.#opened, live: true };
-    return { at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null, pending: member.load.pending ?? null };
+    return {
+      at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null, pending: member.load.pending ?? null,
+      heldAt: this.#checker.heldAt(member.id),
+    };
   }
 }

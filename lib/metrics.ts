@@ -183,6 +183,8 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
     c.inc({ direction: 'out' }, num(s.stats.hopsOut));
   });
   gauge('ddp_cluster_session_table_entries', 'Polling sessions in this balancer\'s session table.', [], (g, s) => g.set(num(s.stats.sessionTable)));
+  gauge('ddp_cluster_load_feeds_watching', 'Peers whose load feed this instance watches now (the others are checked on demand).', [], (g, s) => g.set(num(s.stats.loadFeeds?.watching)));
+  gauge('ddp_cluster_load_feed_watchers', 'Peers watching this instance\'s load feed now.', [], (g, s) => g.set(num(s.stats.loadFeeds?.watchers)));
   gauge('ddp_cluster_open_proxied_sockets', 'Websockets this instance is proxying to peers now.', [], (g, s) => g.set(num(s.stats.openProxiedSockets)));
   gauge('ddp_cluster_translated_sessions', 'Polling sessions this instance carries to peers over a websocket now (CLUSTER_POLLING_HOP=translate).', [], (g, s) => g.set(num(s.stats.translatedSessions)));
   gauge('ddp_cluster_carried_sessions', 'Sessions peers carry to this member over a websocket now.', [], (g, s) => g.set(num(s.stats.carriedSessions)));

@@ -209,6 +209,8 @@ export interface ClusterStats extends BalancerStats {
   readonly workers: WorkersStats;
   /** How the SockJS requests served here reach the app: straight into sockjs (AttachOptions.sockjsEntry) or through the app's listeners. */
   readonly sockjsEntry: 'direct' | 'listeners';
+  /** Load feeds (lib/balancer/feed.ts): peers whose feed this instance watches, and peers watching this instance's. */
+  readonly loadFeeds: { readonly watching: number; readonly watchers: number };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,6 +99,42 @@ describe('hardening (issue 12)', function () {
     }
   });
 
+  it('2b. a load watch is served only with a hop header signed for this instance, once: peers watch each other\'s feeds', async () => {
+    cluster = await startCluster(['a', 'b', 'c'], url);
+    const [a, b] = cluster as [Instance, Instance, Instance];
+    await eventually(() => cluster.every((i) => i.cluster.stats().loadFeeds.watching === 2 && i.cluster.stats().loadFeeds.watchers === 2),
+      'every instance watches its two peers and is watched by them');
+    const path = '/cluster/health?watch=1';
+    const keys = keysFrom(TEST_SECRET, null);
+    const none = { remoteAddress: null, forwardedFor: null };
+    const status = async (headers: Record<string, string>): Promise<number> => (await httpRequest('GET', `${b.url}${path}`, undefined, { headers, timeoutMs: 2000 })).status;
+    assert.equal(await status({}), 403, 'no hop header');
+    assert.equal(await status({ [HOP_HEADER]: makeHop(keysFrom('another-secret-of-32-characters!!', null), 'GET', path, none, 'a', 'b', Date.now()) }), 403, 'another secret');
+    assert.equal(await status({ [HOP_HEADER]: makeHop(keys, 'GET', path, none, 'a', 'c', Date.now()) }), 403, 'signed for another instance');
+    assert.equal(await status({ [HOP_HEADER]: makeHop(keys, 'GET', '/cluster/health', none, 'a', 'b', Date.now()) }), 403, 'signed for another URL');
+    // A valid one streams; replayed, it is refused.
+    const valid = makeHop(keys, 'GET', path, none, 'a', 'b', Date.now());
+    const socket = net.connect(Number(new URL(b.url).port), '127.0.0.1');
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n${HOP_HEADER}: ${valid}\r\n\r\n`);
+    let got = '';
+    socket.on('data', (d: Buffer) => void (got += d.toString('latin1')));
+    try {
+      await eventually(() => /\r\n\r\n[0-9a-f]+\r\n\{.*"id":"b"/s.test(got), 'the first line of b\'s feed');
+      assert.match(got, /^HTTP\/1\.1 200/);
+      assert.match(got, /content-type: application\/x-ndjson/i);
+      assert.equal(b.cluster.stats().loadFeeds.watchers, 3);
+      assert.equal(await status({ [HOP_HEADER]: valid }), 403, 'replayed');
+    } finally {
+      socket.destroy();
+    }
+    await eventually(() => b.cluster.stats().loadFeeds.watchers === 2, 'a watch that went away is forgotten');
+    // The plain health route is unchanged, and watches are not counted as hops.
+    const plain = await httpRequest('GET', `${b.url}/cluster/health`);
+    assert.equal(plain.status, 200);
+    assert.equal((JSON.parse(plain.body) as { id: string }).id, 'b');
+    assert.equal(a.cluster.stats().hopsIn + b.cluster.stats().hopsIn, 0);
+  });
+
   it('3. base_url trusts X-Forwarded-Host/-Proto only as far as HTTP_FORWARDED_COUNT says; a balancer URL wins', async () => {
     cluster = await startCluster(['a', 'b', 'c'], url, (id) => ({
       // c serves another service, so a and b never pick it (its balancer URL would be their answer).

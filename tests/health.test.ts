@@ -3,7 +3,8 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { HealthChecker, REFRESH_GAP_MS, overlayHealth, type HealthStatus } from '../lib/balancer/health';
-import { eventually } from './support/wait';
+import { FEED_TICK_MS, LoadFeed } from '../lib/balancer/feed';
+import { eventually, waitForEvent } from './support/wait';
 import { buildView, viewFromMembers, type Member, type MembershipView } from '../lib/discovery/view';
 import { endpointHash } from '../lib/sign';
 
@@ -166,6 +167,128 @@ describe('health checks (real peers over http)', function () {
     assert.equal(checker.status('p')?.up, false);
     checker.start();
     await waitStatus(checker, 'p', (s) => s.up, 'rises after good checks');
+  });
+});
+
+/**
+ * A real peer serving its load feed like attach() does (the gateway's authentication is stood for
+ * by a header check; the gateway's own is tested in tests/hardening.test.ts), and the plain health
+ * route. `plain` counts the plain health requests; `watches` the watch requests.
+ */
+async function feedServer(id: string, maxWatchers?: number) {
+  const figures = { sessions: 0, opened: 0 };
+  const body = (): string => JSON.stringify({ status: 'serving', id, sessions: figures.sessions, capacity: 100, opened: figures.opened, pending: 0, at: Date.now() });
+  const feed = new LoadFeed({ key: () => `${figures.sessions} ${figures.opened}`, body }, maxWatchers);
+  const counts = { plain: 0, watches: 0, refused: 0 };
+  const server = http.createServer((req, res) => {
+    if (req.url === '/cluster/health?watch=1') {
+      counts.watches++;
+      if (req.headers['x-test-watch'] !== 'signed') return void res.writeHead(403).end();
+      if (!feed.add(res)) {
+        counts.refused++;
+        res.writeHead(503).end();
+      }
+      return;
+    }
+    counts.plain++;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(body());
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, feed, figures, counts, port: (server.address() as AddressInfo).port };
+}
+
+describe('load feeds (real peers over http)', function () {
+  this.timeout(30_000);
+  const servers: http.Server[] = [];
+  const checkers: HealthChecker[] = [];
+  // Rounds far apart: whatever arrives between them came over the feed or an on-demand check.
+  const watcher = (): HealthChecker => {
+    const c = new HealthChecker({
+      intervalMs: 60_000, timeoutMs: 1000, fall: 2, rise: 2, path: '/cluster/health', watchHeaders: () => ({ 'x-test-watch': 'signed' }),
+    });
+    checkers.push(c);
+    return c;
+  };
+  afterEach(() => {
+    for (const c of checkers.splice(0)) c.close();
+    for (const s of servers.splice(0)) s.closeAllConnections(), s.close();
+  });
+
+  it('pushes a peer\'s figures to its watcher as they change, and on-demand refreshes stop asking it', async () => {
+    const peer = await feedServer('p');
+    servers.push(peer.server);
+    const c = watcher();
+    c.update(viewOf([{ id: 'p', port: peer.port }]));
+    c.start();
+    await eventually(() => c.watching === 1, 'the watch streams');
+    assert.equal(c.heldAt('p') !== null && Date.now() - (c.heldAt('p') as number) <= 2 * FEED_TICK_MS, true, 'a streaming feed vouches for figures about a tick old');
+    for (let k = 1; k <= 5; k++) {
+      peer.figures.sessions = k;
+      peer.figures.opened = 10 * k;
+      for (let r = 0; r < 3; r++) c.refresh();
+      await waitForEvent(c, 'load', () => (c.status('p')?.load?.sessions === k ? true : undefined), `sessions ${k} over the feed`, 5000);
+      assert.equal(c.status('p')?.load?.opened, 10 * k);
+    }
+    assert.equal(peer.counts.plain, 0, 'no health request while the feed streams, however often refreshed');
+    assert.equal(peer.counts.watches, 1);
+    assert.equal(peer.feed.size, 1);
+  });
+
+  it('falls back to on-demand checks when the feed ends, and watches again after WATCH_RETRY_MS', async () => {
+    const peer = await feedServer('p');
+    servers.push(peer.server);
+    const c = watcher();
+    c.update(viewOf([{ id: 'p', port: peer.port }]));
+    c.start();
+    await eventually(() => c.watching === 1, 'the watch streams');
+    peer.feed.close();
+    await eventually(() => c.watching === 0, 'the watcher sees the feed end');
+    assert.equal(c.heldAt('p'), null, 'figures are only as fresh as their report without a feed');
+    c.refresh();
+    await eventually(() => peer.counts.plain === 1, 'a refresh checks the peer again');
+    await eventually(() => c.watching === 1, 'the watch is opened again', 5000);
+    assert.equal(peer.counts.watches, 2);
+  });
+
+  it('keeps checking on demand a peer that answers a watch with a plain health answer (an older version)', async () => {
+    let watches = 0;
+    let plain = 0;
+    const old = http.createServer((req, res) => {
+      if (req.url?.includes('watch')) watches++;
+      else plain++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: 'serving', id: 'p', sessions: 3, capacity: 100, opened: 3, at: Date.now() }));
+    });
+    old.listen(0, '127.0.0.1');
+    await once(old, 'listening');
+    servers.push(old);
+    const c = watcher();
+    c.update(viewOf([{ id: 'p', port: (old.address() as AddressInfo).port }]));
+    c.start();
+    await eventually(() => watches === 1, 'the watch was asked for');
+    await eventually(() => {
+      c.refresh();
+      return plain >= 1 ? true : undefined;
+    }, 'on-demand checks go on', 5000, 2 * REFRESH_GAP_MS);
+    assert.equal(c.watching, 0);
+    assert.equal(c.status('p')?.load?.sessions, 3);
+  });
+
+  it('refuses watches past its cap, and ends every watch when closed', async () => {
+    const peer = await feedServer('p', 2);
+    servers.push(peer.server);
+    const cs = [watcher(), watcher(), watcher()];
+    for (const c of cs) {
+      c.update(viewOf([{ id: 'p', port: peer.port }]));
+      c.start();
+    }
+    await eventually(() => peer.counts.refused >= 1 && peer.feed.size === 2, 'two watches served, the third refused');
+    assert.equal(cs.filter((c) => c.watching === 1).length, 2);
+    peer.feed.close();
+    await eventually(() => cs.every((c) => c.watching === 0), 'every watcher sees its feed end');
+    assert.equal(peer.feed.size, 0);
   });
 });
 

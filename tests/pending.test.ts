@@ -105,6 +105,18 @@ describe('pending load (sessions routed to a member that its report does not inc
       assert.equal(q.count('b', report(last, 10, 10), last + 100), 0);
     });
 
+    it('counts only what this balancer kept since `heldAt` when a live feed vouches for an older report', () => {
+      const p = new PendingLoad(10_000);
+      p.count('b', report(1000, 0, 0), 1000);
+      for (const t of [1001, 1002, 1003, 1004, 1095, 1096]) p.landed(t);
+      // Without a feed the report of 1000 is 100 ms old: everything kept since then is assumed to have reached b too.
+      assert.equal(p.count('b', report(1000, 0, 0), 1100), 6);
+      // A feed silent since then vouches for the figures until 1090: only what was kept after that.
+      assert.equal(p.count('b', { ...report(1000, 0, 0), heldAt: 1090 }, 1100), 2);
+      // A feed can't make figures older than their report.
+      assert.equal(p.count('b', { ...report(1000, 0, 0), heldAt: 900 }, 1100), 6);
+    });
+
     it('without reports at least 40 ms apart in the last second, assumes as many as this balancer kept since the report', () => {
       const p = new PendingLoad(10_000);
       p.count('b', report(1000, 0, 0), 1000);

@@ -263,14 +263,22 @@ export class Gateway {
       case 'app':
         return x.serveHere(null);
       case 'health':
-        if (x.kind === 'request') return health(x.res, this.#m.healthReport());
-        return x.serveHere(null);
+        if (x.kind !== 'request') return x.serveHere(null);
+        if (isWatch(x.req.url ?? '')) return this.watch(x);
+        return health(x.res, this.#m.healthReport());
       case 'dashboard':
         if (x.kind === 'request') return this.#d.dashboard(x.req, x.res, d.sub);
         return x.serveHere(null);
       case 'carry':
         return this.acceptCarry(x);
     }
+  }
+
+  /** A peer's watch of this instance's load feed (feed.ts): only with a valid hop header, and capped. */
+  private watch(x: WebExchange): void {
+    if (x.req.method !== 'GET') return x.reply(405, 'a load watch is a GET');
+    if (this.hop(x.req, false).kind !== 'trusted') return x.reply(403, 'a load watch needs a valid hop header');
+    if (!this.#m.watch(x.res)) return x.reply(503, 'too many load watches');
   }
 
   /** A peer's websocket carrying one polling session (carried.ts): only with a valid hop header. */
@@ -615,12 +623,13 @@ export class Gateway {
     };
   }
 
-  private hop(req: IncomingMessage): HopCheck {
+  /** Checks (and removes) a request's hop header; a trusted one counts as a hop in unless it only opens a load watch. */
+  private hop(req: IncomingMessage, countIn = true): HopCheck {
     const value = req.headers[HOP_HEADER];
     if (value === undefined) return { kind: 'none' };
     delete req.headers[HOP_HEADER];
     const check = checkHop(this.#m.keys, value, req.method ?? 'GET', req.url ?? '/', this.#m.selfId(), Date.now(), this.#replay.check);
-    if (check.kind === 'trusted') this.#stats.hopsIn++;
+    if (check.kind === 'trusted' && countIn) this.#stats.hopsIn++;
     if (check.kind === 'untrusted') {
       this.#stats.untrustedHops++;
       this.#d.logger.once('warn', `hop:${check.reason}`, 'balancer.untrusted_hop', {
@@ -699,6 +708,12 @@ export class Gateway {
 function health(res: ServerResponse, report: HealthReport): void {
   // Every peer asks for it up to every REFRESH_GAP_MS while sessions arrive.
   sendSized(res, report.ok ? 200 : 503, ['Content-Type', 'application/json', 'Cache-Control', 'no-store'], JSON.stringify(report.body));
+}
+
+/** A health request asking for the load feed (`?watch=1`) instead of one answer. */
+function isWatch(url: string): boolean {
+  const q = url.indexOf('?');
+  return q !== -1 && new URLSearchParams(url.slice(q + 1)).get('watch') === '1';
 }
 
 const SENDS = new Set(['xhr_send', 'jsonp_send']);

@@ -10,6 +10,7 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import type { Member, MembershipView } from '../discovery/view';
 import { errorKind, type HealthStatus, type MemberState } from '../outcomes';
+import { FEED_CONTENT_TYPE, FEED_KEEPALIVE_MS, FEED_TICK_MS } from './feed';
 
 export type { HealthStatus } from '../outcomes';
 
@@ -20,6 +21,11 @@ export interface HealthOptions {
   readonly rise: number;
   /** Path of the health route on every instance, e.g. '/cluster/health' (with the path prefix). */
   readonly path: string;
+  /**
+   * The headers that authenticate a watch of `member`'s load feed at `url` (feed.ts); null: no
+   * watches (no secret to sign them with), on-demand checks only.
+   */
+  readonly watchHeaders?: (member: Member, url: string) => Record<string, string> | null;
 }
 
 interface Peer {
@@ -30,7 +36,26 @@ interface Peer {
   inFlight: boolean;
   /** performance.now() when the last check began. */
   startedAt: number;
+  /** The watch of its load feed (feed.ts), open or opening; null: none. */
+  watch: http.ClientRequest | null;
+  /** The watch streams: its figures come as they change, no on-demand check needed. */
+  watchLive: boolean;
+  /** performance.now() of the watch's last line. */
+  watchAt: number;
+  /** performance.now() before which no new watch is opened (after a failed or refused one). */
+  watchRetryAt: number;
+  /** Reopens the watch once watchRetryAt has come. */
+  watchTimer: NodeJS.Timeout | null;
 }
+
+/** A watch that failed is opened again after this long. */
+export const WATCH_RETRY_MS = 1000;
+/** A peer that answered a watch with something else than a feed (an older version) is asked again after this long. */
+export const WATCH_UNSUPPORTED_RETRY_MS = 60_000;
+/** A watch silent for this long is stuck: closed, and opened again. */
+export const WATCH_SILENT_MS = 3 * FEED_KEEPALIVE_MS;
+/** Longest feed line read; a longer one ends the watch. */
+const WATCH_LINE_MAX = 8192;
 
 /** On-demand checks (`refresh`) of one peer begin at least this far apart. */
 export const REFRESH_GAP_MS = 10;
@@ -58,6 +83,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     if (this.#timer) return;
     this.#timer = setInterval(() => this.round(), this.#opts.intervalMs);
     this.#timer.unref();
+    for (const p of this.#peers.values()) this.watchIfDue(p);
   }
 
   /** Tracks the peers of a new view (not this instance itself). */
@@ -67,10 +93,25 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       if (m.self) continue;
       seen.add(m.id);
       const p = this.#peers.get(m.id);
-      if (p) p.member = m;
-      else this.#peers.set(m.id, { member: m, status: null, fails: 0, oks: 0, inFlight: false, startedAt: -Infinity });
+      if (p) {
+        // Another endpoint: the watch of the old one says nothing about it.
+        const moved = p.member.endpoint !== m.endpoint;
+        if (moved) this.unwatch(p, 0);
+        p.member = m;
+        if (moved) this.watchIfDue(p);
+      } else {
+        this.#peers.set(m.id, {
+          member: m, status: null, fails: 0, oks: 0, inFlight: false, startedAt: -Infinity,
+          watch: null, watchLive: false, watchAt: 0, watchRetryAt: 0, watchTimer: null,
+        });
+        this.watchIfDue(this.#peers.get(m.id) as Peer);
+      }
     }
-    for (const id of this.#peers.keys()) if (!seen.has(id)) this.#peers.delete(id);
+    for (const [id, p] of this.#peers) {
+      if (seen.has(id)) continue;
+      this.unwatch(p, 0);
+      this.#peers.delete(id);
+    }
   }
 
   status(id: string): HealthStatus | null {
@@ -105,19 +146,123 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     const now = performance.now();
     for (const p of this.#peers.values()) {
       if (service !== null && p.member.service !== service) continue;
-      if (!p.inFlight && p.status?.up !== false && now - p.startedAt >= REFRESH_GAP_MS) this.check(p);
+      if (!p.watchLive && !p.inFlight && p.status?.up !== false && now - p.startedAt >= REFRESH_GAP_MS) this.check(p);
     }
+  }
+
+  /**
+   * Until when `id`'s figures are known to hold, by Date.now(): a streaming feed sends a line
+   * within FEED_TICK_MS of any change, so its silence vouches for them until about then. Null
+   * without a live feed.
+   */
+  heldAt(id: string): number | null {
+    const p = this.#peers.get(id);
+    return p !== undefined && p.watchLive ? Date.now() - FEED_TICK_MS : null;
+  }
+
+  /** Peers whose load feed this instance watches now. */
+  get watching(): number {
+    let n = 0;
+    for (const p of this.#peers.values()) if (p.watchLive) n++;
+    return n;
   }
 
   close(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+    for (const p of this.#peers.values()) this.unwatch(p, 0);
     this.#agent.destroy();
     this.#tlsAgent.destroy();
   }
 
   private round(): void {
-    for (const p of this.#peers.values()) if (!p.inFlight) this.check(p);
+    const now = performance.now();
+    for (const p of this.#peers.values()) {
+      if (!p.inFlight) this.check(p);
+      if (p.watchLive && now - p.watchAt > WATCH_SILENT_MS) this.unwatch(p, WATCH_RETRY_MS);
+      else this.watchIfDue(p);
+    }
+  }
+
+  /** Opens `p`'s watch unless one is open, it failed recently, the checks have `p` down, or this checker isn't running. */
+  private watchIfDue(p: Peer): void {
+    if (this.#timer !== null && p.watch === null && performance.now() >= p.watchRetryAt && p.status?.up !== false) this.watch(p);
+  }
+
+  /**
+   * Opens a watch of `p`'s load feed: its health answer as JSON lines, one per change. Liveness
+   * stays with the checks (a line never marks a peer up); the lines only keep its figures fresh.
+   */
+  private watch(p: Peer): void {
+    const url = `${this.#opts.path}?watch=1`;
+    const headers = this.#opts.watchHeaders?.(p.member, url) ?? null;
+    if (headers === null) return;
+    const target = new URL(url, p.member.endpoint);
+    const secure = target.protocol === 'https:';
+    const req = (secure ? https : http).get(target, { agent: false, headers, timeout: this.#opts.timeoutMs }, (res) => {
+      if (p.watch !== req) return void req.destroy();
+      const type = res.headers['content-type'] ?? '';
+      if (res.statusCode !== 200 || !type.startsWith(FEED_CONTENT_TYPE)) {
+        // An older version answers a plain health check; a 403 is a secret mismatch: ask again much later.
+        res.resume();
+        return this.unwatch(p, res.statusCode === 200 || res.statusCode === 403 || res.statusCode === 404 ? WATCH_UNSUPPORTED_RETRY_MS : WATCH_RETRY_MS);
+      }
+      req.setTimeout(0);
+      p.watchLive = true;
+      p.watchAt = performance.now();
+      let buffered = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buffered += chunk;
+        let nl = buffered.indexOf('\n');
+        while (nl !== -1 && p.watch === req) {
+          this.fed(p, buffered.slice(0, nl));
+          buffered = buffered.slice(nl + 1);
+          nl = buffered.indexOf('\n');
+        }
+        if (buffered.length > WATCH_LINE_MAX) this.unwatch(p, WATCH_RETRY_MS);
+      });
+      res.on('end', () => {
+        if (p.watch === req) this.unwatch(p, WATCH_RETRY_MS);
+      });
+    });
+    p.watch = req;
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => undefined);
+    req.on('close', () => {
+      if (p.watch === req) this.unwatch(p, WATCH_RETRY_MS);
+    });
+  }
+
+  /** One line of `p`'s feed: its figures, if it is the instance it should be and the checks have it up. */
+  private fed(p: Peer, line: string): void {
+    p.watchAt = performance.now();
+    const answer = parseHealth(line);
+    if (answer === null || answer.id !== p.member.id) return this.unwatch(p, WATCH_UNSUPPORTED_RETRY_MS);
+    const before = p.status;
+    if (before !== null && !before.up) return;
+    this.set(p, {
+      up: true, checkedAt: Date.now(), rttMs: before?.rttMs ?? null, reason: before?.reason ?? 'ok',
+      state: answer.state, load: answer.load ?? before?.load ?? null,
+    });
+  }
+
+  /** Closes `p`'s watch (if any); a new one may open after `retryMs`. */
+  private unwatch(p: Peer, retryMs: number): void {
+    const req = p.watch;
+    p.watch = null;
+    p.watchLive = false;
+    p.watchRetryAt = performance.now() + retryMs;
+    if (p.watchTimer !== null) clearTimeout(p.watchTimer);
+    p.watchTimer = null;
+    req?.destroy();
+    if (retryMs > 0 && this.#timer !== null && this.#peers.get(p.member.id) === p) {
+      p.watchTimer = setTimeout(() => {
+        p.watchTimer = null;
+        if (this.#peers.get(p.member.id) === p) this.watchIfDue(p);
+      }, retryMs);
+      p.watchTimer.unref();
+    }
   }
 
   private check(p: Peer): void {

@@ -54,6 +54,11 @@ export interface LoadReport {
   readonly pending?: number | null;
   /** This instance's own figures, taken now: nothing is unseen. */
   readonly live?: boolean;
+  /**
+   * When the figures were last known to still hold, by this balancer's clock (a peer whose load
+   * feed streams: it would have sent a line had they changed); null or absent: only as of `at`.
+   */
+  readonly heldAt?: number | null;
 }
 
 interface Routed {
@@ -103,7 +108,7 @@ export class PendingLoad {
    */
   count(memberId: string, report: LoadReport, now: number): number {
     const r = this.record(memberId, report, now);
-    return report.live === true ? r.times.length : r.times.length + this.unseen(r, now);
+    return report.live === true ? r.times.length : r.times.length + this.unseen(r, now, report.heldAt ?? null);
   }
 
   /** A new session stays on this instance: the reference for peers' unreported arrivals. */
@@ -163,13 +168,16 @@ export class PendingLoad {
   }
 
   /**
-   * Sessions opened for others since the report: what this balancer kept for itself meanwhile,
+   * Sessions opened for others since the report (or since `heldAt`, when the figures were last
+   * known to hold): what this balancer kept for itself meanwhile,
    * scaled by ratio(), or their recent rate times the report's age if that is more; without
    * recent reports, as many as this balancer kept meanwhile.
    */
-  private unseen(r: Routed, now: number): number {
+  private unseen(r: Routed, now: number, heldAt: number | null): number {
     const seen = Math.max(0, now - r.seenAt);
-    const age = Math.min(Math.max(seen, now - r.at), seen + MAX_CLOCK_LEAD_MS);
+    let age = Math.min(Math.max(seen, now - r.at), seen + MAX_CLOCK_LEAD_MS);
+    // Figures a live feed vouches for are as old as its silence allows, however old their report.
+    if (heldAt !== null) age = Math.min(age, Math.max(0, now - heldAt));
     const kept = this.keptSince(now - age, now);
     const first = r.others[0];
     const last = r.others[r.others.length - 1];

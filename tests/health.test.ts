@@ -276,6 +276,43 @@ describe('load feeds (real peers over http)', function () {
     assert.equal(c.status('p')?.load?.sessions, 3);
   });
 
+  it('keeps a feed line\'s figures over a check answer taken just before them', async () => {
+    const peer = await feedServer('p');
+    servers.push(peer.server);
+    peer.figures.sessions = 5;
+    let checks = 0;
+    // Checks answer figures taken 300 ms earlier (as if in flight while the feed line came).
+    const stale = http.createServer((_req, res) => {
+      checks++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: 'serving', id: 'p', sessions: 1, capacity: 100, opened: 0, at: Date.now() - 300 }));
+    });
+    stale.listen(0, '127.0.0.1');
+    await once(stale, 'listening');
+    servers.push(stale);
+    // Feed from one server, checks from the other: a view whose endpoint is the stale server, the
+    // feed reached through a watch header that the test's feed server accepts on its own port.
+    const c = new HealthChecker({ intervalMs: 100, timeoutMs: 1000, fall: 2, rise: 2, path: '/cluster/health', watchHeaders: () => ({ 'x-test-watch': 'signed' }) });
+    checkers.push(c);
+    const relay = http.createServer((req, res) => {
+      const target = req.url === '/cluster/health?watch=1' ? peer.port : (stale.address() as AddressInfo).port;
+      const up = http.request({ host: '127.0.0.1', port: target, path: req.url, headers: req.headers }, (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      });
+      up.end();
+    });
+    relay.listen(0, '127.0.0.1');
+    await once(relay, 'listening');
+    servers.push(relay);
+    c.update(viewOf([{ id: 'p', port: (relay.address() as AddressInfo).port }]));
+    c.start();
+    await eventually(() => c.watching === 1 && c.status('p')?.load?.sessions === 5, 'the feed\'s figures');
+    await eventually(() => checks >= 3, 'three checks answered meanwhile');
+    assert.equal(c.status('p')?.load?.sessions, 5, 'older check answers did not replace them');
+    assert.equal(c.status('p')?.up, true);
+  });
+
   it('refuses watches past its cap, and ends every watch when closed', async () => {
     const peer = await feedServer('p', 2);
     servers.push(peer.server);

@@ -52,6 +52,8 @@ interface Peer {
 export const WATCH_RETRY_MS = 1000;
 /** A peer that answered a watch with something else than a feed (an older version) is asked again after this long. */
 export const WATCH_UNSUPPORTED_RETRY_MS = 60_000;
+/** Answers to a watch that mean "not now, nor soon": asked again after WATCH_UNSUPPORTED_RETRY_MS. */
+const WATCH_REFUSALS = new Set([200, 403, 404, 405, 503]);
 /** A watch silent for this long is stuck: closed, and opened again. */
 export const WATCH_SILENT_MS = 3 * FEED_KEEPALIVE_MS;
 /** Longest feed line read; a longer one ends the watch. */
@@ -203,9 +205,10 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       if (p.watch !== req) return void req.destroy();
       const type = res.headers['content-type'] ?? '';
       if (res.statusCode !== 200 || !type.startsWith(FEED_CONTENT_TYPE)) {
-        // An older version answers a plain health check; a 403 is a secret mismatch: ask again much later.
+        // An older version answers a plain health check (or 404/405), a 403 is a secret mismatch and
+        // a 503 a full feed: none of that changes within a second, so ask again much later.
         res.resume();
-        return this.unwatch(p, res.statusCode === 200 || res.statusCode === 403 || res.statusCode === 404 ? WATCH_UNSUPPORTED_RETRY_MS : WATCH_RETRY_MS);
+        return this.unwatch(p, WATCH_REFUSALS.has(res.statusCode ?? 0) ? WATCH_UNSUPPORTED_RETRY_MS : WATCH_RETRY_MS);
       }
       req.setTimeout(0);
       p.watchLive = true;
@@ -243,7 +246,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     if (before !== null && !before.up) return;
     this.set(p, {
       up: true, checkedAt: Date.now(), rttMs: before?.rttMs ?? null, reason: before?.reason ?? 'ok',
-      state: answer.state, load: answer.load ?? before?.load ?? null,
+      state: answer.state, load: newer(answer.load, before?.load ?? null),
     });
   }
 
@@ -286,7 +289,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       const wasUp = p.status?.up ?? true;
       // Unknown peers start up (the heartbeat vouches for them); then fall/rise decide.
       const up = wasUp ? p.fails < this.#opts.fall : p.oks >= this.#opts.rise;
-      this.set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state, load: load ?? p.status?.load ?? null });
+      this.set(p, { up, checkedAt: Date.now(), rttMs: ok ? rttMs : null, reason, state, load: newer(load, p.status?.load ?? null) });
     };
     const req = (secure ? https : http).get(target, { agent: secure ? this.#tlsAgent : this.#agent, timeout: this.#opts.timeoutMs }, (res) => {
       let body = '';
@@ -313,6 +316,16 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     if (!before || before.up !== status.up || before.state !== status.state) this.emit('change', p.member.id, status, before);
     else if (status.load !== null && status.load.at !== before.load?.at) this.emit('load', p.member.id, status);
   }
+}
+
+/**
+ * `a`, the figures just received, unless `b`, the ones held, are slightly newer: a check's answer
+ * that was in flight while a feed line arrived. Only within a second, so that a peer whose clock
+ * stepped back is not ignored until it catches up.
+ */
+function newer(a: HealthStatus['load'], b: HealthStatus['load']): HealthStatus['load'] {
+  if (a === null) return b;
+  return b !== null && b.at > a.at && b.at - a.at < 1000 ? b : a;
 }
 
 function parseHealth(body: string): { id: string; state: MemberState | null; load: HealthStatus['load'] } | null {

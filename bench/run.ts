@@ -66,7 +66,7 @@ const P = {
     ws: { sessions: 90, depth: 4, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
     xhr: { sessions: 90, depth: 2, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
   },
-  setup: { concurrency: 24, durationMs: quick ? 2000 : 6000 },
+  setup: { concurrency: 24, warmupMs: quick ? 1000 : 4000, durationMs: quick ? 2000 : 6000 },
   memory: { sessions: Number(args.sessions ?? (quick ? 1000 : 9000)), concurrency: 48, maxMs: 120_000 },
   balance: { sessions: quick ? 600 : 3000, concurrency: 32, capacity: [1, 1, 0.5] as const, settleMs: quick ? 2000 : 3000 },
   failover: { sessions: quick ? 150 : 600, callEveryMs: 1000, probeRate: 40, afterKillMs: quick ? 12_000 : 20_000, killed: 'c' },

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { HOP_HEADER } from '../lib/balancer/hop';
 import { Forwarder, PEER_IDLE_MS } from '../lib/balancer/proxy';
 import { httpRequest } from '../examples/node-ddp-app/clients';
@@ -67,6 +67,105 @@ describe('Forwarder (real sockets)', function () {
       },
     };
   }
+
+  describe('upgrades', () => {
+    /** A front that forwards every upgrade to `port`, recording failures; and a raw client upgrade to it. */
+    async function upgradeFront(port: number) {
+      const forwarder = new Forwarder();
+      const target = new URL(`http://127.0.0.1:${port}`);
+      const failures: { code: unknown; touched: boolean }[] = [];
+      let opened = 0;
+      const front = http.createServer();
+      front.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+        socket.on('error', () => socket.destroy());
+        forwarder.upgrade(req, socket, head, { target, headers: { [HOP_HEADER]: 'signed.hop' }, timeoutMs: 0, body: null, fresh: true },
+          (err, touched) => {
+            failures.push({ code: (err as { code?: unknown }).code, touched });
+            socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\n');
+          }, () => void opened++);
+      });
+      front.listen(0, '127.0.0.1');
+      await once(front, 'listening');
+      const client = (path: string, extra = ''): { socket: net.Socket; got: () => string } => {
+        const socket = net.connect((front.address() as AddressInfo).port, '127.0.0.1');
+        let got = '';
+        socket.on('data', (d: Buffer) => void (got += d.toString('latin1')));
+        socket.on('error', () => undefined);
+        socket.write(`GET ${path} HTTP/1.1\r\nHost: front\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Client: 1\r\n${extra}\r\n`);
+        return { socket, got: () => got };
+      };
+      return { forwarder, front, failures, opened: () => opened, client };
+    }
+
+    it('switches a websocket through a raw connection: the peer gets the request with the hop header, the client its 101, bytes flow both ways', async () => {
+      let seen: http.IncomingMessage | null = null;
+      const peer = http.createServer();
+      peer.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+        seen = req;
+        socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello');
+        if (head.length > 0) socket.write(head);
+        socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
+        // Like a websocket server: the other side's end ends it.
+        socket.on('end', () => socket.end());
+      });
+      peer.listen(0, '127.0.0.1');
+      await once(peer, 'listening');
+      const f = await upgradeFront((peer.address() as AddressInfo).port);
+      try {
+        const c = f.client('/sockjs/1/abc/websocket', `${HOP_HEADER}: forged\r\n`);
+        await eventually(() => c.got().includes('hello'), 'the 101 and the peer\'s first bytes');
+        assert.match(c.got(), /^HTTP\/1\.1 101 /);
+        assert.equal(f.opened(), 1);
+        assert.equal(seen!.url, '/sockjs/1/abc/websocket');
+        assert.equal(seen!.headers['x-client'], '1');
+        assert.equal(seen!.headers.upgrade, 'websocket');
+        assert.equal(seen!.headers[HOP_HEADER], 'signed.hop', 'the balancer\'s hop header, never the client\'s');
+        c.socket.write('ping');
+        await eventually(() => c.got().endsWith('echo:ping'), 'bytes relayed both ways');
+        assert.equal(f.forwarder.openUpgrades, 1);
+        c.socket.destroy();
+        await eventually(() => f.forwarder.openUpgrades === 0, 'the tunnel closes with the client');
+      } finally {
+        f.forwarder.close();
+        f.front.close();
+        peer.closeAllConnections();
+        peer.close();
+      }
+    });
+
+    it('relays a peer\'s refusal of an upgrade as it came and closes with it; a refused connect fails before any byte reached the client', async () => {
+      const peer = http.createServer();
+      peer.on('upgrade', (_req: http.IncomingMessage, socket: net.Socket) => {
+        socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found');
+      });
+      peer.listen(0, '127.0.0.1');
+      await once(peer, 'listening');
+      const port = (peer.address() as AddressInfo).port;
+      const f = await upgradeFront(port);
+      try {
+        const c = f.client('/sockjs/1/dead/websocket');
+        await once(c.socket, 'close');
+        assert.match(c.got(), /^HTTP\/1\.1 404 Not Found\r\n[\s\S]*\r\n\r\nnot found$/);
+        assert.equal(f.opened(), 0);
+        assert.deepEqual(f.failures, []);
+      } finally {
+        f.forwarder.close();
+        f.front.close();
+        peer.close();
+      }
+      // Nothing listens there any more: the connect is refused, reported untouched (retryable).
+      const dead = await upgradeFront(port);
+      try {
+        const c = dead.client('/sockjs/1/x/websocket');
+        await once(c.socket, 'close');
+        assert.deepEqual(dead.failures, [{ code: 'ECONNREFUSED', touched: false }]);
+        assert.match(c.got(), /^HTTP\/1\.1 502 /);
+      } finally {
+        dead.forwarder.close();
+        dead.front.close();
+      }
+    });
+  });
 
   it('passes the client\'s headers and body on, adds its own, and never passes a client\'s hop header', async () => {
     const p = await pair((req, res) => {

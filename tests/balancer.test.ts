@@ -400,8 +400,13 @@ describe('balancer (three real instances, real clients)', function () {
       });
       assert.ok(!after.includes('c'), `nothing on the dead peer: ${JSON.stringify(spread(after).counts)}`);
       const retries = ab.reduce((sum, i) => sum + i.cluster.stats().retries, 0);
+      const failed = ab.reduce((sum, i) => sum + i.cluster.stats().proxyErrors, 0);
       figures.killRetries = retries;
-      assert.ok(retries >= 1, 'the dead peer was tried and the session retried elsewhere');
+      figures.killProxyErrors = failed;
+      // Every attempt that reached the dead peer was retried elsewhere (none given up). There may be
+      // none: the feed from c ends with it, and the on-demand checks that take over find it refusing
+      // within a few milliseconds, often before any new session was routed there.
+      assert.ok(retries >= failed, `every failed attempt retried: ${retries} retries, ${failed} failures`);
       await Promise.all(ab.map((i) => waitView(i.cluster, 'c unhealthy', (v) => v.byId.get('c')?.healthy !== true, 20_000)));
     });
 

@@ -215,14 +215,19 @@ describe('load feeds (real peers over http)', function () {
     for (const c of checkers.splice(0)) c.close();
     for (const s of servers.splice(0)) s.closeAllConnections(), s.close();
   });
-
-  it('pushes a peer\'s figures to its watcher as they change, and on-demand refreshes stop asking it', async () => {
+  /** A feed server and a checker whose watch of it streams. */
+  const watchedPeer = async () => {
     const peer = await feedServer('p');
     servers.push(peer.server);
     const c = watcher();
     c.update(viewOf([{ id: 'p', port: peer.port }]));
     c.start();
     await eventually(() => c.watching === 1, 'the watch streams');
+    return { peer, c };
+  };
+
+  it('pushes a peer\'s figures to its watcher as they change, and on-demand refreshes stop asking it', async () => {
+    const { peer, c } = await watchedPeer();
     assert.equal(c.heldAt('p') !== null && Date.now() - (c.heldAt('p') as number) <= 2 * FEED_TICK_MS, true, 'a streaming feed vouches for figures about a tick old');
     for (let k = 1; k <= 5; k++) {
       peer.figures.sessions = k;
@@ -237,12 +242,7 @@ describe('load feeds (real peers over http)', function () {
   });
 
   it('falls back to on-demand checks when the feed ends, and watches again after WATCH_RETRY_MS', async () => {
-    const peer = await feedServer('p');
-    servers.push(peer.server);
-    const c = watcher();
-    c.update(viewOf([{ id: 'p', port: peer.port }]));
-    c.start();
-    await eventually(() => c.watching === 1, 'the watch streams');
+    const { peer, c } = await watchedPeer();
     peer.feed.close();
     await eventually(() => c.watching === 0, 'the watcher sees the feed end');
     assert.equal(c.heldAt('p'), null, 'figures are only as fresh as their report without a feed');

@@ -136,14 +136,7 @@ export class Forwarder {
       if (peerHead.length > 0) socket.write(peerHead);
       if (head.length > 0) peer.write(head);
       peer.pipe(socket).pipe(peer);
-      const close = (): void => {
-        peer.destroy();
-        socket.destroy();
-      };
-      peer.on('error', close);
-      socket.on('error', close);
-      peer.on('close', close);
-      socket.on('close', close);
+      closeTogether(peer, socket);
       this.#upgrades.add(peer);
       peer.on('close', () => this.#upgrades.delete(peer));
       onOpen();
@@ -194,14 +187,7 @@ export class Forwarder {
       peer.off('error', fail);
       socket.off('close', gone);
       const switched = answer.toString('latin1', 0, 13) === 'HTTP/1.1 101 ';
-      const close = (): void => {
-        peer.destroy();
-        socket.destroy();
-      };
-      peer.on('error', close);
-      socket.on('error', close);
-      peer.on('close', close);
-      socket.on('close', close);
+      closeTogether(peer, socket);
       if (switched) {
         peer.setTimeout(0);
         socket.setTimeout(0);
@@ -269,6 +255,18 @@ function idleAfterUse<B extends AgentClass>(Base: B) {
 
 const IdleAgent = idleAfterUse(http.Agent);
 const IdleHttpsAgent = idleAfterUse(https.Agent);
+
+/** A tunnel's two sockets: either one's error or close closes both. */
+function closeTogether(a: Socket, b: Socket): void {
+  const close = (): void => {
+    a.destroy();
+    b.destroy();
+  };
+  for (const s of [a, b]) {
+    s.on('error', close);
+    s.on('close', close);
+  }
+}
 
 /** How long a peer may take to answer an upgrade (connect included). */
 const UPGRADE_TIMEOUT_MS = 10_000;

@@ -706,7 +706,7 @@ export class Gateway {
  * and can tell which sessions they routed here arrived (even those that closed again since).
  */
 function health(res: ServerResponse, report: HealthReport): void {
-  // Every peer asks for it up to every REFRESH_GAP_MS while sessions arrive.
+  // Peers without a load feed to this instance ask for it up to every REFRESH_GAP_MS while sessions arrive.
   sendSized(res, report.ok ? 200 : 503, ['Content-Type', 'application/json', 'Cache-Control', 'no-store'], JSON.stringify(report.body));
 }
 

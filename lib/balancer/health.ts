@@ -141,7 +141,8 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
    * new sessions, so during a burst it compares its own live load with peers' figures that are
    * milliseconds old rather than up to a health interval. Peers that are down wait for their round
    * (rise keeps its pace). With `service`, only that service's peers: the others don't compete for
-   * the session, and each check wakes a peer (an idle one spends ~0.4 ms of CPU on it).
+   * the session, and each check wakes a peer (an idle one spends ~0.4 ms of CPU on it). Peers whose
+   * load feed streams are skipped: their figures come as they change.
    */
   refresh(service: string | null = null): void {
     if (this.#timer === null) return;

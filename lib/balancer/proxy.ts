@@ -127,18 +127,11 @@ export class Forwarder {
     upstream.on('upgrade', (res, peer, peerHead) => {
       settled = true;
       upstream.setTimeout(0);
-      for (const s of [socket, peer]) {
-        s.setTimeout(0);
-        s.setNoDelay(true);
-        s.setKeepAlive(true, 30_000);
-      }
+      this.tunnel(peer, socket);
       socket.write(['HTTP/1.1 101 Switching Protocols', ...headerLines(res.rawHeaders, false)].join('\r\n') + '\r\n\r\n');
       if (peerHead.length > 0) socket.write(peerHead);
       if (head.length > 0) peer.write(head);
       peer.pipe(socket).pipe(peer);
-      closeTogether(peer, socket);
-      this.#upgrades.add(peer);
-      peer.on('close', () => this.#upgrades.delete(peer));
       onOpen();
     });
     upstream.end();
@@ -187,22 +180,26 @@ export class Forwarder {
       peer.off('error', fail);
       socket.off('close', gone);
       const switched = answer.toString('latin1', 0, 13) === 'HTTP/1.1 101 ';
-      closeTogether(peer, socket);
-      if (switched) {
-        peer.setTimeout(0);
-        socket.setTimeout(0);
-        socket.setNoDelay(true);
-        socket.setKeepAlive(true, 30_000);
-        peer.setKeepAlive(true, 30_000);
-        this.#upgrades.add(peer);
-        peer.on('close', () => this.#upgrades.delete(peer));
-      }
+      if (switched) this.tunnel(peer, socket);
+      else closeTogether(peer, socket);
       socket.write(answer);
       answer = null;
       peer.pipe(socket).pipe(peer);
       if (switched) onOpen();
     };
     peer.on('data', onData);
+  }
+
+  /** A switched websocket's two sockets: no idle limit, no delay, kept alive, closed together, tracked for drains. */
+  private tunnel(peer: Socket, socket: Socket): void {
+    for (const s of [socket, peer]) {
+      s.setTimeout(0);
+      s.setNoDelay(true);
+      s.setKeepAlive(true, 30_000);
+    }
+    closeTogether(peer, socket);
+    this.#upgrades.add(peer);
+    peer.on('close', () => this.#upgrades.delete(peer));
   }
 
   /** Open proxied websockets (for stats). */

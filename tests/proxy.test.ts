@@ -133,6 +133,26 @@ describe('Forwarder (real sockets)', function () {
       }
     });
 
+    it('closes a relayed refusal whose peer leaves the connection open, once it has been idle for the upgrade timeout', async () => {
+      const peer = http.createServer();
+      // Answers, then neither closes nor sends anything more.
+      peer.on('upgrade', (_req: http.IncomingMessage, socket: net.Socket) => void socket.write('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n'));
+      peer.listen(0, '127.0.0.1');
+      await once(peer, 'listening');
+      const f = await upgradeFront((peer.address() as AddressInfo).port);
+      try {
+        const c = f.client('/sockjs/1/dead/websocket');
+        await once(c.socket, 'close');
+        assert.match(c.got(), /^HTTP\/1\.1 404 Not Found\r\n/);
+        assert.deepEqual(f.failures, [], 'a refusal is relayed, not a failed try');
+      } finally {
+        f.forwarder.close();
+        f.front.close();
+        peer.closeAllConnections();
+        peer.close();
+      }
+    });
+
     it('relays a peer\'s refusal of an upgrade as it came and closes with it; a refused connect fails before any byte reached the client', async () => {
       const peer = http.createServer();
       peer.on('upgrade', (_req: http.IncomingMessage, socket: net.Socket) => {

@@ -157,7 +157,12 @@ export class Forwarder {
       peer.destroy();
       onFail(err, false);
     };
-    peer.setTimeout(UPGRADE_TIMEOUT_MS, () => fail(Object.assign(new Error('upstream upgrade timed out'), { code: 'ETIMEDOUT' })));
+    // Before the answer: a failed try. After a relayed refusal: a peer that leaves the connection
+    // open idle is closed (with the client's), not kept forever. A switched tunnel has no limit.
+    peer.setTimeout(UPGRADE_TIMEOUT_MS, () => {
+      if (settled) peer.destroy();
+      else fail(Object.assign(new Error('upstream upgrade timed out'), { code: 'ETIMEDOUT' }));
+    });
     peer.on('error', fail);
     // The client left before the peer answered: nothing to relay nor retry, drop the peer's side.
     const gone = (): void => {

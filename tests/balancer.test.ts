@@ -390,8 +390,13 @@ describe('balancer (three real instances, real clients)', function () {
       // c is alive and takes sessions.
       const before = await pool(Array.from({ length: 30 }), 10, async () => (await whoami(track(await wsDdp(at(A).url)))).instanceId);
       assert.ok(before.includes('c'), 'c served before it died');
+      const hashC = at(A).cluster.view().byId.get('c')!.endpointHash;
       await child.kill('SIGKILL');
-      // Right away, while every view still lists c as healthy: a mix of transports entering A and B.
+      // Right away, while every view still lists c as healthy: first a session pinned to c through A
+      // (A tries c whatever the load figures say, and must retry it elsewhere) ...
+      const pinned = (await whoami(track(await wsDdp(`${at(A).url}/cluster-ddp/${hashC}/web`)))).instanceId;
+      assert.notEqual(pinned, 'c');
+      // ... then a mix of transports entering A and B.
       const after = await pool(Array.from({ length: 60 }), 12, async (_, n) => {
         const entry = at(n % 2 === 0 ? A : B).url;
         const c = track(n % 3 === 0 ? await wsDdp(entry)
@@ -400,13 +405,8 @@ describe('balancer (three real instances, real clients)', function () {
       });
       assert.ok(!after.includes('c'), `nothing on the dead peer: ${JSON.stringify(spread(after).counts)}`);
       const retries = ab.reduce((sum, i) => sum + i.cluster.stats().retries, 0);
-      const failed = ab.reduce((sum, i) => sum + i.cluster.stats().proxyErrors, 0);
       figures.killRetries = retries;
-      figures.killProxyErrors = failed;
-      // Every attempt that reached the dead peer was retried elsewhere (none given up). There may be
-      // none: the feed from c ends with it, and the on-demand checks that take over find it refusing
-      // within a few milliseconds, often before any new session was routed there.
-      assert.ok(retries >= failed, `every failed attempt retried: ${retries} retries, ${failed} failures`);
+      assert.ok(retries >= 1, 'the dead peer was tried and the session retried elsewhere');
       await Promise.all(ab.map((i) => waitView(i.cluster, 'c unhealthy', (v) => v.byId.get('c')?.healthy !== true, 20_000)));
     });
 

@@ -193,9 +193,10 @@ async function setupRate(job: Extract<Job, { kind: 'setup' }>): Promise<SetupRes
   let k = 0;
   // Set-ups run from the start; those that begin after the warm-up and end within the window are
   // measured. The warm-up lets every process on the set-up path (proxies' backends, ddp-cluster's
-  // entry and members) JIT-compile it, as the other phases' warm-ups do for theirs: without it,
-  // the first seconds of set-ups spend a fifth to a quarter of the Node processes' CPU in V8's
-  // optimizing compiler (perf, bench --cost), which a running server has long done.
+  // entry and members) JIT-compile it, as the other phases' warm-ups do for theirs: a running
+  // server has long done so. Perf (bench --cost, 2-core VM): 5 to 11 s after the start of the
+  // set-ups, a member still spent a quarter of its CPU in V8's optimizing compiler; after 20 s,
+  // 4 %, and the members' CPU per set-up had dropped from ~1.5 to ~1.0 ms.
   const measureFrom = performance.now() + job.warmupMs;
   const end = measureFrom + job.durationMs;
   const marks = marker();

@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { COMPILED_DIR } from './compiled';
 
 interface CallFrame {
   functionName: string;
@@ -27,6 +28,8 @@ interface CpuProfile {
 function where(url: string, repo: string): string {
   if (url === '') return '';
   let u = url.replace(/^file:\/\//, '');
+  // The backends run compiled (compiled.ts): name their files as in the repo.
+  if (u.startsWith(COMPILED_DIR)) u = path.join(repo, path.relative(COMPILED_DIR, u)).replace(/\.js$/, '.ts');
   if (u.startsWith(repo)) u = path.relative(repo, u);
   return u;
 }
@@ -57,8 +60,8 @@ export function analyzeProfile(file: string, repo: string, top = 30): string {
     byId.set(n.id, n);
     for (const c of n.children ?? []) parent.set(c, n.id);
   }
-  // Files of this repo run transpiled by tsx: their line numbers are the generated code's, so
-  // only the file is shown for them.
+  // Files of this repo run compiled by tsc (compiled.ts): their line numbers are the generated
+  // code's, so only the file is shown for them.
   const key = (f: CallFrame): string => {
     const w = where(f.url, repo);
     const line = f.url && !f.url.startsWith(`file://${repo}`) || w.includes('node_modules/') ? `:${f.lineNumber + 1}` : '';

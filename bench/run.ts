@@ -2,7 +2,7 @@
  * `npm run bench`: ddp-cluster against the direct connection, nginx and HAProxy, side by side on
  * this machine, in one run. Writes bench/results/latest.{json,md,png}.
  *
- *   npm run bench                         full run (~33 min on 2 cores)
+ *   npm run bench                         full run (~38 min on 2 cores)
  *   npm run bench -- --quick              ~2.5 min: latency, throughput and set-up rate, short, one repeat
  *                                         (add --phases memory,balance,failover for those, with small counts)
  *   npm run bench -- --setups direct,hop  only some setups (direct is always added: ratios need it)
@@ -29,6 +29,7 @@ import { parseArgs } from 'node:util';
 import { disposeAll, freePort, startMongo } from '../examples/node-ddp-app/mongo';
 import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, RebalanceResult, SetupResult, ThroughputResult } from './loadgen';
 import { foreignCores, machine, systemCpu, usage, type Usage } from './procstat';
+import { compiled } from './compiled';
 import { analyzeProfile } from './profile';
 import { LogTail, haproxyServerStats, requireProxies } from './proxies';
 import { writeReport, type RunRecord, type Sample } from './report';
@@ -66,7 +67,7 @@ const P = {
     ws: { sessions: 90, depth: 4, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
     xhr: { sessions: 90, depth: 2, warmupMs: quick ? 500 : 2000, durationMs: quick ? 2000 : 5000, payloadBytes: 64 },
   },
-  setup: { concurrency: 24, warmupMs: quick ? 1000 : 4000, durationMs: quick ? 2000 : 6000 },
+  setup: { concurrency: 24, warmupMs: quick ? 1000 : 20_000, durationMs: quick ? 2000 : 6000 },
   memory: { sessions: Number(args.sessions ?? (quick ? 1000 : 9000)), concurrency: 48, maxMs: 120_000 },
   balance: { sessions: quick ? 600 : 3000, concurrency: 32, capacity: [1, 1, 0.5] as const, settleMs: quick ? 2000 : 3000 },
   failover: { sessions: quick ? 150 : 600, callEveryMs: 1000, probeRate: 40, afterKillMs: quick ? 12_000 : 20_000, killed: 'c' },
@@ -681,8 +682,8 @@ async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
       behind = () => pidsOf(['b', 'c']);
     } else if (name === 'floor') {
       const port = await freePort();
-      floor = fork(path.join(REPO, 'bench', 'floor.ts'), [String(port), ...stack.backends.map((b) => new URL(b.url).port)], {
-        cwd: REPO, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      floor = fork(compiled('floor'), [String(port), ...stack.backends.map((b) => new URL(b.url).port)], {
+        cwd: REPO, execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
       await once(floor, 'message');
       entry = `http://127.0.0.1:${port}`;

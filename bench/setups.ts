@@ -14,6 +14,7 @@ import path from 'node:path';
 import { freePort, uniqueDbUrl } from '../examples/node-ddp-app/mongo';
 import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { EntryPick } from './loadgen';
+import { compiled } from './compiled';
 import { startHaproxy, startNginx, type Backend, type ProxyProcess } from './proxies';
 
 export const SETUPS = ['direct', 'local', 'hop', 'cluster', 'nginx', 'haproxy'] as const;
@@ -176,10 +177,10 @@ export class Stack {
       if (o.name === 'local') env.CLUSTER_SERVICE = `web-${id}`;
     }
     Object.assign(env, o.env?.(id, port) ?? {});
-    const proc = fork(path.join(REPO, 'bench', 'backend.ts'), [], {
+    const proc = fork(compiled('backend'), [], {
       cwd: REPO,
       env,
-      execArgv: ['--import', 'tsx', '--expose-gc'],
+      execArgv: ['--expose-gc'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       serialization: 'json',
     });

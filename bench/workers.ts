@@ -41,6 +41,7 @@ import { disposeAll, freePort, startMongo, uniqueDbUrl } from '../examples/node-
 import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { Job, JobResult, LatencyResult, ThroughputResult } from './loadgen';
 import { cpuSeconds, foreignCores, machine, systemCpu, usage } from './procstat';
+import { compiled } from './compiled';
 import { findBinary, startNginx, type ProxyProcess } from './proxies';
 import { median } from './report';
 import { buildApp, linkedPackageDirs, startBundleOnFreePort, type BuiltApp, type MeteorProcess } from '../tests/support/meteor-real';
@@ -102,8 +103,8 @@ async function backend(id: string, env: Record<string, string>): Promise<Backend
   const port = await freePort();
   const base: Record<string, string> = { ...process.env as Record<string, string>, BENCH_ID: id, PORT: String(port), HTTP_FORWARDED_COUNT: '' };
   for (const k of Object.keys(base)) if (k.startsWith('CLUSTER_')) delete base[k];
-  const proc = fork(path.join(REPO, 'bench', 'backend.ts'), [], {
-    cwd: REPO, env: { ...base, ...env }, execArgv: ['--import', 'tsx', '--expose-gc'],
+  const proc = fork(compiled('backend'), [], {
+    cwd: REPO, env: { ...base, ...env }, execArgv: ['--expose-gc'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json',
   });
   const url = await new Promise<string>((resolve, reject) => {

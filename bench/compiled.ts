@@ -1,0 +1,23 @@
+/**
+ * The bench runs what users run: the backends (bench/backend.ts, bench/floor.ts, and through them
+ * lib/, server/ and the reference app) compiled by tsc, as the npm package ships them
+ * (`npm run build`), and started with plain node. Under tsx, esbuild's keepNames wraps every
+ * closure in a `__name()` call (an Object.defineProperty per closure created); per request that
+ * cost ~5 % of a forwarding instance's CPU that no user pays.
+ */
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+
+const REPO = path.resolve(__dirname, '..');
+/** Where tsc writes them (bench/tsconfig.backend.json's outDir); the repo's layout is kept below it. */
+export const COMPILED_DIR = path.join(REPO, 'node_modules', '.cache', 'ddp-cluster-bench');
+let built = false;
+
+/** `bench/<name>.ts` compiled (once per bench run) → the .js file to fork. */
+export function compiled(name: 'backend' | 'floor'): string {
+  if (!built) {
+    execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', path.join(REPO, 'bench', 'tsconfig.backend.json')], { cwd: REPO, stdio: 'inherit' });
+    built = true;
+  }
+  return path.join(COMPILED_DIR, 'bench', `${name}.js`);
+}

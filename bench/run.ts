@@ -2,7 +2,7 @@
  * `npm run bench`: ddp-cluster against the direct connection, nginx and HAProxy, side by side on
  * this machine, in one run. Writes bench/results/latest.{json,md,png}.
  *
- *   npm run bench                         full run (~38 min on 2 cores)
+ *   npm run bench                         full run (~40 min on 2 cores)
  *   npm run bench -- --quick              ~2.5 min: latency, throughput and set-up rate, short, one repeat
  *                                         (add --phases memory,balance,failover for those, with small counts)
  *   npm run bench -- --setups direct,hop  only some setups (direct is always added: ratios need it)

@@ -281,18 +281,22 @@ describe('load feeds (real peers over http)', function () {
     servers.push(peer.server);
     peer.figures.sessions = 5;
     let checks = 0;
-    // Checks answer figures taken 300 ms earlier (as if in flight while the feed line came).
+    let c: HealthChecker | null = null;
+    // Checks answer figures taken 300 ms before the feed line the watcher holds (as if in flight
+    // while that line came); not 300 ms before now, which is newer than a line up to a second old
+    // (feed lines come on change, and every second), so it would rightly replace it on a slow machine.
     const stale = http.createServer((_req, res) => {
       checks++;
+      const held = c?.status('p')?.load?.at ?? Date.now();
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ status: 'serving', id: 'p', sessions: 1, capacity: 100, opened: 0, at: Date.now() - 300 }));
+      res.end(JSON.stringify({ status: 'serving', id: 'p', sessions: 1, capacity: 100, opened: 0, at: held - 300 }));
     });
     stale.listen(0, '127.0.0.1');
     await once(stale, 'listening');
     servers.push(stale);
     // Feed from one server, checks from the other: a view whose endpoint is the stale server, the
     // feed reached through a watch header that the test's feed server accepts on its own port.
-    const c = new HealthChecker({ intervalMs: 100, timeoutMs: 1000, fall: 2, rise: 2, path: '/cluster/health', watchHeaders: () => ({ 'x-test-watch': 'signed' }) });
+    c = new HealthChecker({ intervalMs: 100, timeoutMs: 1000, fall: 2, rise: 2, path: '/cluster/health', watchHeaders: () => ({ 'x-test-watch': 'signed' }) });
     checkers.push(c);
     const relay = http.createServer((req, res) => {
       const target = req.url === '/cluster/health?watch=1' ? peer.port : (stale.address() as AddressInfo).port;

@@ -2,8 +2,10 @@
  * The bench runs what users run: the backends (bench/backend.ts, bench/floor.ts, and through them
  * lib/, server/ and the reference app) compiled by tsc, as the npm package ships them
  * (`npm run build`), and started with plain node. Under tsx, esbuild's keepNames wraps every
- * closure in a `__name()` call (an Object.defineProperty per closure created); per request that
- * cost ~5 % of a forwarding instance's CPU that no user pays.
+ * closure in a `__name()` call (an Object.defineProperty per closure created) that no user pays:
+ * a few % of a forwarding instance's samples under perf, within the scatter of alternated
+ * `--cost` runs, but compiled instances also run faster and route differently under bursts
+ * (README, Performance), so the bench measures the code users run.
  */
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';

@@ -108,7 +108,7 @@ export function attach(server: Server, options: AttachOptions = {}): ClusterHand
   // The lifecycle events (events.ts) this instance publishes: its logger is one subscriber.
   const unlog = logEvents(config.instanceId, logger);
   const local = new LocalSessions();
-  const sessionCount = options.sessionCount === undefined ? (): number => local.count(Date.now()) : guardedCount(options.sessionCount, logger);
+  const sessionCount = options.sessionCount === undefined ? (): number => local.count(Date.now()) : withOpening(guardedCount(options.sessionCount, logger), local);
   // One paced closer for the drain and rebalancing (closer.ts): a drain takes over queued moves.
   const closer = new SessionCloser(options.random ?? Math.random);
   const membership = new Membership({ config, logger, sessionCount, moved: () => closer.counts().rebalance });
@@ -229,6 +229,17 @@ function warnAboutSetup(config: ClusterConfig, logger: Logger): void {
  * The host's session count is app code: if it throws, keep the last good figure (a bug there must
  * not stop heartbeats, where it would look like a discovery outage, nor fail the health route).
  */
+/**
+ * The host's session count, but at least the websockets served here now. A host counts a session
+ * once the client's DDP `connect` is processed (Meteor: `Meteor.server.sessions`); a websocket
+ * is served (and no longer pending at the balancers that routed it, pending.ts) before that. In a
+ * burst that takes tens of milliseconds, and an instance busy with its own arrivals would report
+ * ten new sessions as none: its peers would send it more.
+ */
+function withOpening(count: () => number, local: LocalSessions): () => number {
+  return () => Math.max(count(), local.websockets());
+}
+
 function guardedCount(hostCount: () => number, logger: Logger): () => number {
   let lastCount = 0;
   return () => {

@@ -25,6 +25,11 @@ export class LocalSessions {
     socket.once('close', () => this.#sockets.delete(socket));
   }
 
+  /** Websockets served here and open now. */
+  websockets(): number {
+    return this.#sockets.size;
+  }
+
   /** The websockets served here, closable by a drain. */
   sockets(): Closable[] {
     return [...this.#sockets].map((s) => ({ close: () => s.destroy() }));

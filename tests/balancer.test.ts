@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import WebSocket from 'ws';
 import type { WhoamiResult } from '../examples/node-ddp-app/app';
 import {
   getSockjsInfo, httpRequest, rawXhrDdp, sockjsDdp, simpleDdp, wsDdp, type DdpClient,
@@ -266,6 +268,25 @@ describe('balancer (three real instances, real clients)', function () {
     // Preflight goes to sockjs itself.
     const pre = await httpRequest('OPTIONS', `${at(A).url}/sockjs/info`);
     assert.equal(pre.status, 204);
+  });
+
+  it('counts websockets served here before the host counts their DDP session, in its health answer (peers route by it) and stats', async () => {
+    // A host whose count lags (Meteor counts a session once the client's `connect` is processed): here it never counts.
+    cluster = await startCluster(['a'], url, () => ({ attach: { sessionCount: () => 0 } }));
+    const sockets: WebSocket[] = [];
+    try {
+      for (let k = 0; k < 3; k++) {
+        const ws = new WebSocket(`${at(A).url.replace('http', 'ws')}/websocket`);
+        sockets.push(ws);
+        await once(ws, 'open');
+      }
+      const health = JSON.parse((await httpRequest('GET', `${at(A).url}/cluster/health`)).body) as { sessions: number };
+      assert.equal(health.sessions, 3, 'websockets open here, no DDP connect yet');
+      assert.equal(at(A).cluster.stats().sessions, 3);
+    } finally {
+      for (const ws of sockets) ws.close();
+    }
+    await eventually(() => at(A).cluster.stats().sessions === 0, 'closed websockets are no longer counted');
   });
 
   it('answers the health route with its live figures for peers\' checks, sized (not chunked)', async () => {

@@ -263,7 +263,11 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     if (retryMs > 0 && this.#timer !== null && this.#peers.get(p.member.id) === p) {
       p.watchTimer = setTimeout(() => {
         p.watchTimer = null;
-        if (this.#peers.get(p.member.id) === p) this.watchIfDue(p);
+        if (this.#peers.get(p.member.id) !== p) return;
+        // A timer may fire a millisecond before performance.now() says retryMs passed (it counts
+        // from the loop's cached time): due now, or it would wait for the next round.
+        p.watchRetryAt = Math.min(p.watchRetryAt, performance.now());
+        this.watchIfDue(p);
       }, retryMs);
       p.watchTimer.unref();
     }

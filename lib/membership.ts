@@ -257,7 +257,7 @@ export class Membership {
     if (member.self) return { at: 0, sessions: this.#sessionCount(), opened: this.#opened, live: true };
     return {
       at: member.heartbeatAt, sessions: member.load.sessions, opened: member.load.opened ?? null, pending: member.load.pending ?? null,
-      heldAt: this.#checker.heldAt(member.id),
+      heldAt: this.#checker.heldAt(member.id, member.heartbeatAt),
     };
   }
 }

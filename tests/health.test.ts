@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { HealthChecker, REFRESH_GAP_MS, overlayHealth, type HealthStatus } from '../lib/balancer/health';
-import { FEED_TICK_MS, LoadFeed } from '../lib/balancer/feed';
+import { FEED_ACTIVE_MS, FEED_CONTENT_TYPE, FEED_KEEPALIVE_MS, FEED_TICK_MS, LoadFeed } from '../lib/balancer/feed';
 import { eventually, waitForEvent } from './support/wait';
 import { buildView, viewFromMembers, type Member, type MembershipView } from '../lib/discovery/view';
 import { endpointHash } from '../lib/sign';
@@ -228,7 +228,8 @@ describe('load feeds (real peers over http)', function () {
 
   it('pushes a peer\'s figures to its watcher as they change, and on-demand refreshes stop asking it', async () => {
     const { peer, c } = await watchedPeer();
-    assert.equal(c.heldAt('p') !== null && Date.now() - (c.heldAt('p') as number) <= 2 * FEED_TICK_MS, true, 'a streaming feed vouches for figures about a tick old');
+    const held = c.heldAt('p', c.status('p')?.load?.at ?? 0);
+    assert.equal(held !== null && Date.now() - held <= 2 * FEED_TICK_MS, true, 'a quiet streaming feed vouches for figures about a tick old');
     for (let k = 1; k <= 5; k++) {
       peer.figures.sessions = k;
       peer.figures.opened = 10 * k;
@@ -241,11 +242,102 @@ describe('load feeds (real peers over http)', function () {
     assert.equal(peer.feed.size, 1);
   });
 
+  it('beats after a change (a line every tick for FEED_ACTIVE_MS, changed or not), then writes only changes and keep-alives, and says so in its media type', async () => {
+    const peer = await feedServer('p');
+    servers.push(peer.server);
+    const arrivals: number[] = [];
+    let type = '';
+    const req = http.get({ host: '127.0.0.1', port: peer.port, path: '/cluster/health?watch=1', headers: { 'x-test-watch': 'signed' } }, (res) => {
+      type = String(res.headers['content-type']);
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        for (const c of chunk) if (c === '\n') arrivals.push(Date.now());
+      });
+    });
+    req.on('error', () => undefined);
+    try {
+      await eventually(() => arrivals.length >= 1, 'the first line');
+      assert.equal(type, `${FEED_CONTENT_TYPE}; beat=${FEED_TICK_MS}; active=${FEED_ACTIVE_MS}`);
+      const changed = Date.now();
+      peer.figures.sessions = 1;
+      // Until a keep-alive came well after the beats should have stopped.
+      const end = changed + FEED_ACTIVE_MS + FEED_KEEPALIVE_MS + 200;
+      await eventually(() => (arrivals[arrivals.length - 1] as number) >= end, 'a keep-alive after the beats', 10_000);
+      const beats = arrivals.filter((t) => t > changed && t <= changed + FEED_ACTIVE_MS - 50);
+      assert.ok(beats.length >= FEED_ACTIVE_MS / FEED_TICK_MS / 4, `${beats.length} lines in the ${FEED_ACTIVE_MS} ms after a change`);
+      const first = arrivals.findIndex((t) => t > changed + FEED_ACTIVE_MS + 100);
+      const gaps = arrivals.slice(first).map((t, k) => t - (arrivals[first + k - 1] as number));
+      assert.ok(gaps.length >= 2 && gaps.every((g) => g >= FEED_KEEPALIVE_MS - 100), `gaps between lines once quiet: ${gaps.join(', ')} ms`);
+    } finally {
+      req.destroy();
+    }
+  });
+
+  it('holds a beating feed\'s figures only as of its last line while it beats, a quiet or older feed\'s until about a tick ago', async () => {
+    // A peer whose lines the test writes itself: when, and what its media type says of beats.
+    const line = (sessions: number, at = Date.now()): string =>
+      `${JSON.stringify({ status: 'serving', id: 'p', sessions, capacity: 100, opened: sessions, pending: 0, at })}\n`;
+    let watch: http.ServerResponse | null = null;
+    let type = `${FEED_CONTENT_TYPE}; beat=${FEED_TICK_MS}; active=60000`;
+    const server = http.createServer((req, res) => {
+      if (req.url !== '/cluster/health?watch=1') return void res.writeHead(200, { 'content-type': 'application/json' }).end(line(0));
+      res.writeHead(200, { 'content-type': type });
+      res.write(line(0));
+      watch = res;
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    servers.push(server);
+    const c = watcher();
+    c.update(viewOf([{ id: 'p', port: (server.address() as AddressInfo).port }]));
+    c.start();
+    const write = (text: string): void => void (watch as unknown as http.ServerResponse).write(text);
+    const at = (): number => c.status('p')?.load?.at as number;
+    const lag = (): number => Date.now() - (c.heldAt('p', at()) as number);
+    const rewatch = async (t: string): Promise<void> => {
+      type = t;
+      (watch as unknown as http.ServerResponse).end();
+      await eventually(() => c.watching === 0, 'the watch ended');
+      await eventually(() => c.watching === 1, 'watched again', 5000);
+    };
+    await eventually(() => c.watching === 1 && c.status('p')?.load?.sessions === 0, 'the first line');
+    assert.ok(lag() <= 2 * FEED_TICK_MS, `no change seen yet: held until about a tick ago (${lag()} ms)`);
+
+    write(line(1));
+    await eventually(() => c.status('p')?.load?.sessions === 1, 'the changed figures');
+    assert.equal(c.heldAt('p', at() - 1), null, 'a view older than the last line\'s figures: only as of its report');
+    await eventually(() => lag() >= 5 * FEED_TICK_MS, 'silence after a change: the figures held only as of the line', 5000, 5);
+    const held = at();
+    const beatAt = Date.now();
+    write(line(1, beatAt));
+    await eventually(() => lag() <= 2 * FEED_TICK_MS, 'a beat vouches for them again', 5000, 5);
+    assert.equal(at(), held, 'a beat with the same figures makes no new status (no view rebuild)');
+    await eventually(() => Date.now() - beatAt >= 5 * FEED_TICK_MS, 'silence again', 5000, 5);
+    assert.ok(lag() >= 5 * FEED_TICK_MS, `silent since the beat: held as of the beat (${lag()} ms)`);
+
+    // Once its active time after the change is over, the feed only writes changes: quiet again.
+    await rewatch(`${FEED_CONTENT_TYPE}; beat=${FEED_TICK_MS}; active=200`);
+    const changed = Date.now();
+    write(line(2));
+    await eventually(() => c.status('p')?.load?.sessions === 2, 'the changed figures', 5000, 5);
+    await eventually(() => lag() >= 5 * FEED_TICK_MS, 'silence while it should beat', 5000, 5);
+    await eventually(() => lag() <= 2 * FEED_TICK_MS, 'quiet once no change for its active time', 5000, 5);
+    assert.ok(Date.now() - changed >= 200 - 2 * FEED_TICK_MS, `not before the feed stops beating (${Date.now() - changed} ms)`);
+
+    // An older feed (no beat parameters) writes on change only: its silence vouches for its figures at once.
+    await rewatch(FEED_CONTENT_TYPE);
+    write(line(3));
+    await eventually(() => c.status('p')?.load?.sessions === 3, 'the changed figures', 5000, 5);
+    const changedOld = Date.now();
+    await eventually(() => Date.now() - changedOld >= 5 * FEED_TICK_MS, 'silence after a change', 5000, 5);
+    assert.ok(lag() <= 2 * FEED_TICK_MS, `a feed that doesn't beat: held until about a tick ago (${lag()} ms)`);
+  });
+
   it('falls back to on-demand checks when the feed ends, and watches again after WATCH_RETRY_MS', async () => {
     const { peer, c } = await watchedPeer();
     peer.feed.close();
     await eventually(() => c.watching === 0, 'the watcher sees the feed end');
-    assert.equal(c.heldAt('p'), null, 'figures are only as fresh as their report without a feed');
+    assert.equal(c.heldAt('p', Date.now()), null, 'figures are only as fresh as their report without a feed');
     c.refresh();
     await eventually(() => peer.counts.plain === 1, 'a refresh checks the peer again');
     await eventually(() => c.watching === 1, 'the watch is opened again', 5000);

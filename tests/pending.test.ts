@@ -117,6 +117,24 @@ describe('pending load (sessions routed to a member that its report does not inc
       assert.equal(p.count('b', { ...report(1000, 0, 0), heldAt: 900 }, 1100), 6);
     });
 
+    it('scales what it kept since `heldAt` by how the peer\'s arrivals compared up to `heldAt`, not only up to its last report', () => {
+      const run = (heldAt: number | null): number => {
+        const p = new PendingLoad(10_000);
+        p.count('b', report(1000, 0, 0), 1000);
+        p.count('b', report(1050, 0, 0), 1050);
+        // Eight kept here while b's figures held (its feed beat, nothing changed), then two more.
+        for (let t = 1051; t <= 1058; t++) p.landed(t);
+        p.landed(1081);
+        p.landed(1082);
+        return p.count('b', { ...report(1050, 0, 0), heldAt }, 1083);
+      };
+      // Up to 1075 (heldAt less the show lag) b took none of its own while this balancer kept 8:
+      // ratio (0 + 2) / (8 + 2), times the 2 kept since heldAt.
+      assert.ok(Math.abs(run(1080) - 0.4) < 1e-9, String(run(1080)));
+      // Without heldAt the ratio knows nothing after b's report (even arrival: 1): all 8 + 2 kept since.
+      assert.equal(run(null), 10);
+    });
+
     it('without reports at least 40 ms apart in the last second, assumes as many as this balancer kept since the report', () => {
       const p = new PendingLoad(10_000);
       p.count('b', report(1000, 0, 0), 1000);

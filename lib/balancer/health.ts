@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import type { Member, MembershipView } from '../discovery/view';
 import { errorKind, type HealthStatus, type MemberState } from '../outcomes';
 import { FEED_CONTENT_TYPE, FEED_KEEPALIVE_MS, FEED_TICK_MS } from './feed';
+import { MAX_CLOCK_LEAD_MS } from './pending';
 
 export type { HealthStatus } from '../outcomes';
 
@@ -42,6 +43,17 @@ interface Peer {
   watchLive: boolean;
   /** performance.now() of the watch's last line. */
   watchAt: number;
+  /**
+   * The feed beats (feed.ts): a line every `beatMs` for `activeMs` after a change, so its silence
+   * then means "late", not "unchanged". 0: it doesn't (an older version).
+   */
+  beatMs: number;
+  activeMs: number;
+  /** The figures of the feed's last line (figuresKey), and when they last differed from the line's before (Date.now()). */
+  lineKey: string | null;
+  changedAt: number;
+  /** As of when the last line's figures held, by Date.now(): its `at`, bounded like a report's (pending.ts takenAt). */
+  lineHeld: number;
   /** performance.now() before which no new watch is opened (after a failed or refused one). */
   watchRetryAt: number;
   /** Reopens the watch once watchRetryAt has come. */
@@ -104,7 +116,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       } else {
         this.#peers.set(m.id, {
           member: m, status: null, fails: 0, oks: 0, inFlight: false, startedAt: -Infinity,
-          watch: null, watchLive: false, watchAt: 0, watchRetryAt: 0, watchTimer: null,
+          watch: null, watchLive: false, watchAt: 0, beatMs: 0, activeMs: 0, lineKey: null, changedAt: -Infinity, lineHeld: 0, watchRetryAt: 0, watchTimer: null,
         });
         this.watchIfDue(this.#peers.get(m.id) as Peer);
       }
@@ -154,13 +166,20 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
   }
 
   /**
-   * Until when `id`'s figures are known to hold, by Date.now(): a streaming feed sends a line
-   * within FEED_TICK_MS of any change, so its silence vouches for them until about then. Null
-   * without a live feed.
+   * Until when `id`'s figures reported at `at` (the view's) are known to hold, by Date.now(). A
+   * quiet feed sends a line within FEED_TICK_MS of any change, so its silence vouches for them
+   * until about a tick ago; a feed that changed less than its active time ago beats, so its
+   * figures hold only as of its last line (a busy peer's lines come late: the longer it is silent,
+   * the more it may have taken meanwhile). Null without a live feed, or when `at` is older than
+   * the feed's figures (the view has not caught up with the last line yet).
    */
-  heldAt(id: string): number | null {
+  heldAt(id: string, at: number): number | null {
     const p = this.#peers.get(id);
-    return p !== undefined && p.watchLive ? Date.now() - FEED_TICK_MS : null;
+    if (p === undefined || !p.watchLive || at < (p.status?.load?.at ?? -Infinity)) return null;
+    const now = Date.now();
+    // The peer beats for activeMs after its change; the line saying so came a little later.
+    if (p.beatMs > 0 && now - p.changedAt < p.activeMs - p.beatMs) return p.lineHeld;
+    return Math.max(p.lineHeld, now - FEED_TICK_MS);
   }
 
   /** Peers whose load feed this instance watches now. */
@@ -214,6 +233,11 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
       req.setTimeout(0);
       p.watchLive = true;
       p.watchAt = performance.now();
+      const beat = feedParams(type);
+      p.beatMs = beat.beatMs;
+      p.activeMs = beat.activeMs;
+      p.lineKey = null;
+      p.changedAt = -Infinity;
       let buffered = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => {
@@ -238,13 +262,24 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     });
   }
 
-  /** One line of `p`'s feed: its figures, if it is the instance it should be and the checks have it up. */
+  /**
+   * One line of `p`'s feed: its figures, if it is the instance it should be and the checks have it
+   * up. A beat (the figures held already) only says until when they hold: no new status, so no
+   * view rebuild per beat.
+   */
   private fed(p: Peer, line: string): void {
     p.watchAt = performance.now();
     const answer = parseHealth(line);
     if (answer === null || answer.id !== p.member.id) return this.unwatch(p, WATCH_UNSUPPORTED_RETRY_MS);
+    const now = Date.now();
+    const key = figuresKey(answer.state, answer.load);
+    // The first line after a watch opens says nothing of when the figures changed.
+    if (key !== p.lineKey && p.lineKey !== null) p.changedAt = now;
+    p.lineKey = key;
+    p.lineHeld = answer.load === null ? now : now - Math.min(MAX_CLOCK_LEAD_MS, Math.max(0, now - answer.load.at));
     const before = p.status;
     if (before !== null && !before.up) return;
+    if (before !== null && before.load !== null && figuresKey(before.state, before.load) === key) return;
     this.set(p, {
       up: true, checkedAt: Date.now(), rttMs: before?.rttMs ?? null, reason: before?.reason ?? 'ok',
       state: answer.state, load: newer(answer.load, before?.load ?? null),
@@ -331,6 +366,21 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
 function newer(a: HealthStatus['load'], b: HealthStatus['load']): HealthStatus['load'] {
   if (a === null) return b;
   return b !== null && b.at > a.at && b.at - a.at < 1000 ? b : a;
+}
+
+const BEAT_PARAM = /;\s*beat=(\d{1,6})\s*(?:;|$)/;
+const ACTIVE_PARAM = /;\s*active=(\d{1,6})\s*(?:;|$)/;
+
+/** A feed's `beat=` and `active=` media type parameters (feed.ts), in ms; 0 when absent or absurd. */
+export function feedParams(type: string): { beatMs: number; activeMs: number } {
+  const beatMs = Number(BEAT_PARAM.exec(type)?.[1] ?? 0);
+  const activeMs = Number(ACTIVE_PARAM.exec(type)?.[1] ?? 0);
+  return beatMs > 0 && activeMs > beatMs ? { beatMs, activeMs } : { beatMs: 0, activeMs: 0 };
+}
+
+/** The figures of a health answer that routing uses, as one string (equal strings: nothing changed). */
+function figuresKey(state: MemberState | null, load: HealthStatus['load']): string {
+  return load === null ? `${state}` : `${state} ${load.sessions} ${load.capacity} ${load.opened} ${load.pending}`;
 }
 
 function parseHealth(body: string): { id: string; state: MemberState | null; load: HealthStatus['load'] } | null {

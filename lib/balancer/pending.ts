@@ -184,7 +184,7 @@ export class PendingLoad {
     if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return kept;
     const byRate = ((last[1] - first[1]) / (last[0] - first[0])) * Math.min(MAX_EXTRAPOLATE_MS, age);
     // The ratio scans recent sessions and reports: only worth it when there is something to scale.
-    return kept === 0 ? byRate : Math.max(byRate, Math.min(1, this.ratio(r, now)) * kept);
+    return kept === 0 ? byRate : Math.max(byRate, Math.min(1, this.ratio(r, now, heldAt)) * kept);
   }
 
   /**
@@ -195,10 +195,11 @@ export class PendingLoad {
    * entering here) shows within a few sessions. EVEN_PRIOR sessions of even arrival keep a quiet
    * spell from reading as either.
    */
-  private ratio(r: Routed, now: number): number {
-    // Up to a little before the latest report was taken: the peer's figures say nothing of what
-    // came after, and sessions that reached it just before may not show yet.
-    const end = (r.others[r.others.length - 1] as OthersSample)[2] - SHOW_LAG_MS;
+  private ratio(r: Routed, now: number, heldAt: number | null): number {
+    // Up to a little before the latest report was taken, or the figures last known to hold: the
+    // peer's figures say nothing of what came after, and sessions that reached it just before may
+    // not show yet.
+    const end = Math.max((r.others[r.others.length - 1] as OthersSample)[2], heldAt ?? -Infinity) - SHOW_LAG_MS;
     const since = now - RATE_WINDOW_MS;
     const l = this.#landed;
     let from = since;

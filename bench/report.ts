@@ -123,6 +123,7 @@ function rows(run: RunRecord): Row[] {
     { metric: 'rb_failed_calls', label: 'Rebalance: failed method calls (retrying clients)', digits: 0 },
     { metric: 'rb_steady_moved', label: `Rebalance: sessions moved in the balanced steady state (${(p.rebalance?.steadyMs ?? 0) / 1000} s)`, digits: 0 },
     { metric: 'hops_ws', label: 'ddp-cluster: share of websocket sessions proxied (hop)', digits: 2 },
+    { metric: 'burst_hops_ws', label: 'ddp-cluster cluster mode: share of websocket sessions proxied, per burst of 60 from idle (median of all bursts)', digits: 2 },
     { metric: 'hops_xhr', label: 'ddp-cluster: share of xhr requests proxied (hop)', digits: 2 },
     { metric: 'hops_tput_ws', label: 'ddp-cluster: share of websocket sessions proxied, throughput phase (90 sessions)', digits: 2 },
     { metric: 'hops_tput_xhr', label: 'ddp-cluster: share of xhr requests proxied, throughput phase', digits: 2 },

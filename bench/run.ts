@@ -6,7 +6,7 @@
  *   npm run bench -- --quick              ~2.5 min: latency, throughput and set-up rate, short, one repeat
  *                                         (add --phases memory,balance,failover for those, with small counts)
  *   npm run bench -- --setups direct,hop  only some setups (direct is always added: ratios need it)
- *   npm run bench -- --phases latency,throughput,setup,memory,balance,failover,rebalance
+ *   npm run bench -- --phases latency,throughput,setup,memory,balance,bursts,failover,rebalance
  *   npm run bench -- --phases rebalance   a 4th member joins 3 with 3,000 sessions (~9 min; --quick: 600, ~4 min)
  *   npm run bench -- --repeats 3 --sessions 9000
  *   npm run bench -- --profile ws|xhr|setup   CPU profile of a forced-hop instance (node --cpu-prof)
@@ -51,7 +51,7 @@ const { values: args } = parseArgs({
 });
 
 const quick = args.quick === true;
-const PHASES = ['latency', 'throughput', 'setup', 'memory', 'balance', 'failover', 'rebalance'] as const;
+const PHASES = ['latency', 'throughput', 'setup', 'memory', 'balance', 'bursts', 'failover', 'rebalance'] as const;
 type Phase = (typeof PHASES)[number];
 
 /** Every figure of the run; `--quick` scales counts and durations down. */
@@ -70,6 +70,13 @@ const P = {
   setup: { concurrency: 24, warmupMs: quick ? 1000 : 20_000, durationMs: quick ? 2000 : 6000 },
   memory: { sessions: Number(args.sessions ?? (quick ? 1000 : 9000)), concurrency: 48, maxMs: 120_000 },
   balance: { sessions: quick ? 600 : 3000, concurrency: 32, capacity: [1, 1, 0.5] as const, settleMs: quick ? 2000 : 3000 },
+  /**
+   * Cluster mode's hop share in bursts from idle: `count` bursts per round on one stack, each of
+   * `sessions` websocket sessions opened 32 at a time at random entries, closed, then `idleMs` of
+   * quiet (past the feeds' beats and the pending rate window). One burst is one sample: the latency
+   * phase gives one per round, too few to tell a change from the scatter.
+   */
+  bursts: { count: quick ? 5 : 15, sessions: 60, concurrency: 32, idleMs: 1500 },
   failover: { sessions: quick ? 150 : 600, callEveryMs: 1000, probeRate: 40, afterKillMs: quick ? 12_000 : 20_000, killed: 'c' },
   /**
    * Active rebalancing: 3 members hold the sessions (older than the minimum age), then a 4th joins;
@@ -358,6 +365,30 @@ async function memory(ctx: Ctx, setup: SetupName, round: number): Promise<void> 
 }
 
 /** 3,000 sessions with instance c at half capacity: how evenly is the load spread? */
+/** Cluster mode's hop share over P.bursts.count bursts of new websocket sessions from idle (see P.bursts). */
+async function bursts(ctx: Ctx, round: number): Promise<void> {
+  const B = P.bursts;
+  await withStack(ctx, stackOptions(ctx, 'cluster'), async (stack) => {
+    const { entries, pick } = stack.entries;
+    const shares: number[] = [];
+    for (let k = 0; k < B.count; k++) {
+      await waitQuiet(() => stack.backendPids());
+      const before = await stack.stats();
+      await runJob<HoldResult>({ kind: 'hold', transport: 'ws', entries, pick, sessions: B.sessions, concurrency: B.concurrency, maxMs: 60_000 }, {
+        onMessage: (m, child) => {
+          if (m.type === 'held') child.send({ type: 'release' });
+        },
+      });
+      const share = hopShare(before, await stack.stats());
+      record(ctx, 'cluster', round, 'burst_hops_ws', share);
+      if (share !== null) shares.push(share);
+      await sleep(B.idleMs);
+    }
+    const sorted = [...shares].sort((a, b) => a - b);
+    log(`  cluster bursts: hop share per burst of ${B.sessions} ${sorted.map((x) => x.toFixed(2)).join(' ')} (median ${(sorted[Math.floor(sorted.length / 2)] ?? NaN).toFixed(2)})`);
+  });
+}
+
 async function balance(ctx: Ctx, setup: SetupName, round: number): Promise<void> {
   const caps = P.balance.capacity;
   await withStack(ctx, stackOptions(ctx, setup, { capacity: caps }), async (stack) => {
@@ -802,6 +833,12 @@ async function main(): Promise<void> {
       for (let round = 0; round < P.repeats; round++) {
         log(`round ${round + 1}/${P.repeats}: balance (${P.balance.sessions} sessions, c at half capacity)`);
         for (const s of order(round, setups)) await guarded(`${s} balance`, () => balance(ctx, s, round));
+      }
+    }
+    if (phases.has('bursts') && setups.includes('cluster')) {
+      for (let round = 0; round < P.repeats; round++) {
+        log(`round ${round + 1}/${P.repeats}: bursts (${P.bursts.count} × ${P.bursts.sessions} sessions from idle, cluster mode)`);
+        await guarded('cluster bursts', () => bursts(ctx, round));
       }
     }
     if (phases.has('failover')) {

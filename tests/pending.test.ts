@@ -135,6 +135,27 @@ describe('pending load (sessions routed to a member that its report does not inc
       assert.equal(run(null), 10);
     });
 
+    it('starts a burst from idle from the arrival pattern last measured, not from even arrival', () => {
+      const run = (learn: boolean): number => {
+        const p = new PendingLoad(10_000);
+        p.count('b', report(1000, 0, 0), 1000);
+        p.count('b', report(1050, 0, 0), 1050);
+        if (learn) {
+          // Every session entered here: 8 kept while b's figures held, b took none of its own.
+          for (let t = 1051; t <= 1058; t++) p.landed(t);
+          p.landed(1081);
+          p.count('b', { ...report(1050, 0, 0), heldAt: 1080 }, 1083);
+        }
+        // Seconds later, a burst from idle: two kept here within b's quiet tick.
+        p.landed(5001);
+        p.landed(5002);
+        return p.count('b', { ...report(1050, 0, 0), heldAt: 4993 }, 5003);
+      };
+      assert.equal(run(false), 2, 'nothing measured yet: even arrival, b took as many');
+      // Last time b took none of its own while 8 were kept here: (0 + 2) / (8 + 2) of what is kept now.
+      assert.ok(Math.abs(run(true) - 0.4) < 1e-9, `clients all entered here last time: ${run(true)}`);
+    });
+
     it('without reports at least 40 ms apart in the last second, assumes as many as this balancer kept since the report', () => {
       const p = new PendingLoad(10_000);
       p.count('b', report(1000, 0, 0), 1000);

@@ -31,8 +31,11 @@
 
 /** Reports (by the peer's clock) over which a peer's rate of sessions opened for others is taken. */
 export const RATE_WINDOW_MS = 1000;
-/** Sessions of even arrival assumed before the reports say how peers' arrivals compare (see unseen). */
-const EVEN_PRIOR = 2;
+/**
+ * Sessions of the last known arrival pattern (even, until reports say) assumed before recent
+ * reports say how the peer's arrivals compare (see ratio).
+ */
+const PRIOR_SESSIONS = 2;
 /** How long a session that reached a peer may take to show in its report (routing, then pending). */
 const SHOW_LAG_MS = 5;
 /** The ratio of a peer's arrivals to this balancer's is taken over this many of its own new sessions. */
@@ -74,6 +77,12 @@ interface Routed {
   /** Sessions the member opened for others, cumulative, sampled per report. */
   readonly others: OthersSample[];
   othersTotal: number;
+  /**
+   * The peer's arrivals over this balancer's, as last measured over RATIO_SESSIONS kept sessions
+   * (ratio(), at most 1); 1 (even) until then. How clients reach a cluster changes with its deployment, not
+   * between bursts: a burst from idle starts from the last pattern seen, not from even arrival.
+   */
+  pattern: number;
 }
 
 /** [report at (peer's clock), sessions opened for others so far, when taken (this clock, see takenAt)]. */
@@ -127,7 +136,7 @@ export class PendingLoad {
     let r = this.#routed.get(memberId);
     if (!r) {
       // The first report is a sample too: one fresh report later there is a rate (often 0).
-      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0, takenAt(report, now)]], othersTotal: 0 };
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0, takenAt(report, now)]], othersTotal: 0, pattern: 1 };
       this.#routed.set(memberId, r);
       return r;
     }
@@ -181,7 +190,7 @@ export class PendingLoad {
     const kept = this.keptSince(now - age, now);
     const first = r.others[0];
     const last = r.others[r.others.length - 1];
-    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return kept;
+    if (!first || !last || last[0] - first[0] < MIN_RATE_SPAN_MS) return kept * r.pattern;
     const byRate = ((last[1] - first[1]) / (last[0] - first[0])) * Math.min(MAX_EXTRAPOLATE_MS, age);
     // The ratio scans recent sessions and reports: only worth it when there is something to scale.
     return kept === 0 ? byRate : Math.max(byRate, Math.min(1, this.ratio(r, now, heldAt)) * kept);
@@ -192,7 +201,7 @@ export class PendingLoad {
    * this balancer kept its last RATIO_SESSIONS (within RATE_WINDOW_MS), over those. About 1 when
    * clients arrive evenly, towards 0 when they all enter here. Counted in this balancer's
    * sessions, not in time, so that a change of pattern (a burst entering elsewhere, then one
-   * entering here) shows within a few sessions. EVEN_PRIOR sessions of even arrival keep a quiet
+   * entering here) shows within a few sessions. PRIOR_SESSIONS sessions of the last pattern keep a quiet
    * spell from reading as either.
    */
   private ratio(r: Routed, now: number, heldAt: number | null): number {
@@ -217,7 +226,11 @@ export class PendingLoad {
       if (taken >= from) break;
       base = total;
     }
-    return (r.othersTotal - base + EVEN_PRIOR) / (keptN + EVEN_PRIOR);
+    const others = r.othersTotal - base;
+    if (keptN < RATIO_SESSIONS) return (others + PRIOR_SESSIONS * r.pattern) / (keptN + PRIOR_SESSIONS);
+    // A full window: measured with even arrival as the prior, and remembered for the next burst.
+    r.pattern = Math.min(1, (others + PRIOR_SESSIONS) / (keptN + PRIOR_SESSIONS));
+    return r.pattern;
   }
 
   /** New sessions this balancer kept for itself in (from, to]. */

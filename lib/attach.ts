@@ -226,10 +226,6 @@ function warnAboutSetup(config: ClusterConfig, logger: Logger): void {
 }
 
 /**
- * The host's session count is app code: if it throws, keep the last good figure (a bug there must
- * not stop heartbeats, where it would look like a discovery outage, nor fail the health route).
- */
-/**
  * The host's session count, but at least the websockets served here now. A host counts a session
  * once the client's DDP `connect` is processed (Meteor: `Meteor.server.sessions`); a websocket
  * is served (and no longer pending at the balancers that routed it, pending.ts) before that. In a
@@ -240,6 +236,10 @@ function withOpening(count: () => number, local: LocalSessions): () => number {
   return () => Math.max(count(), local.websockets());
 }
 
+/**
+ * The host's session count is app code: if it throws, keep the last good figure (a bug there must
+ * not stop heartbeats, where it would look like a discovery outage, nor fail the health route).
+ */
 function guardedCount(hostCount: () => number, logger: Logger): () => number {
   let lastCount = 0;
   return () => {

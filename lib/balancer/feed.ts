@@ -8,14 +8,14 @@
  * cluster's size). Only peers open a watch (a valid hop header), and their number is capped.
  *
  * A feed's silence means "no change" only if the feed could have written: a peer busy serving a
- * burst of its own clients writes its lines 20-40 ms late, and a watcher that takes the silence as
- * "nothing changed" sees it less loaded than it is and sends it sessions it should have kept. So for FEED_ACTIVE_MS after
- * a change the feed beats: a line every tick, changed or not (the same health answer, a newer
- * `at`), and a watcher holds the figures only as of the last line; once quiet, lines come on
- * change and as keep-alives only, and a quiet feed's silence vouches for its figures. A busy
- * cluster's figures change every tick anyway: beats cost nothing there, and nothing when idle.
- * The media type says the feed beats and for how long (`beat=10; active=500`): watchers of an
- * older feed don't expect beats.
+ * burst of its own clients writes its lines 10-30 ms late (and a busy watcher reads them late),
+ * and a watcher that takes the silence as "nothing changed" sees it less loaded than it is and
+ * sends it sessions it should have kept. So for FEED_ACTIVE_MS after a change the feed beats: a
+ * line every tick, changed or not (the same health answer, a newer `at`), and a watcher holds the
+ * figures only as of the last line it read; once quiet, lines come on change and as keep-alives
+ * only, and a quiet feed's silence vouches for its figures. A busy cluster's figures change every
+ * tick anyway: beats cost little there, and nothing when idle. The media type says the feed beats
+ * and for how long (`beat=10; active=500`): watchers of an older feed don't expect beats.
  */
 import type { ServerResponse } from 'node:http';
 

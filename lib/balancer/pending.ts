@@ -23,7 +23,7 @@
  * it should keep. So the estimate is at least what this balancer kept for itself since the report
  * (`landed`), scaled by how the peer's arrivals compared with this balancer's over its last few
  * kept sessions (about 1 under even arrival, towards 0 when every client enters here). Without recent
- * reports (a burst from idle) that ratio is 1: arrival is even until the reports say otherwise.
+ * reports (a burst from idle) that ratio is the one last measured: 1 (even arrival) until then.
  *
  * A report's age is taken from its time (the peer's clock), but at most MAX_CLOCK_LEAD_MS more
  * than since this balancer first used it, so a peer's clock running behind can't inflate it.
@@ -79,8 +79,8 @@ interface Routed {
   othersTotal: number;
   /**
    * The peer's arrivals over this balancer's, as last measured over RATIO_SESSIONS kept sessions
-   * (ratio(), at most 1); 1 (even) until then. How clients reach a cluster changes with its deployment, not
-   * between bursts: a burst from idle starts from the last pattern seen, not from even arrival.
+   * (ratio(), at most 1); 1 (even) until then. How clients reach a cluster changes with its
+   * deployment, not between bursts: a burst from idle starts from the last pattern seen.
    */
   pattern: number;
 }
@@ -201,8 +201,8 @@ export class PendingLoad {
    * this balancer kept its last RATIO_SESSIONS (within RATE_WINDOW_MS), over those. About 1 when
    * clients arrive evenly, towards 0 when they all enter here. Counted in this balancer's
    * sessions, not in time, so that a change of pattern (a burst entering elsewhere, then one
-   * entering here) shows within a few sessions. PRIOR_SESSIONS sessions of the last pattern keep a quiet
-   * spell from reading as either.
+   * entering here) shows within a few sessions. PRIOR_SESSIONS sessions of the last pattern
+   * keep a quiet spell from reading as either.
    */
   private ratio(r: Routed, now: number, heldAt: number | null): number {
     // Up to a little before the latest report was taken, or the figures last known to hold: the

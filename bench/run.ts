@@ -32,7 +32,7 @@ import { foreignCores, machine, systemCpu, usage, type Usage } from './procstat'
 import { compiled } from './compiled';
 import { analyzeProfile } from './profile';
 import { LogTail, haproxyServerStats, requireProxies } from './proxies';
-import { writeReport, type RunRecord, type Sample } from './report';
+import { median, writeReport, type RunRecord, type Sample } from './report';
 import { IDS, SETUPS, Stack, sleep, type BackendStats, type SetupName, type StackOptions } from './setups';
 
 const REPO = path.resolve(__dirname, '..');
@@ -385,7 +385,7 @@ async function bursts(ctx: Ctx, round: number): Promise<void> {
       await sleep(B.idleMs);
     }
     const sorted = [...shares].sort((a, b) => a - b);
-    log(`  cluster bursts: hop share per burst of ${B.sessions} ${sorted.map((x) => x.toFixed(2)).join(' ')} (median ${(sorted[Math.floor(sorted.length / 2)] ?? NaN).toFixed(2)})`);
+    log(`  cluster bursts: hop share per burst of ${B.sessions} ${sorted.map((x) => x.toFixed(2)).join(' ')} (median ${median(shares).toFixed(2)})`);
   });
 }
 

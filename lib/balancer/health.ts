@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import type { Member, MembershipView } from '../discovery/view';
 import { errorKind, type HealthStatus, type MemberState } from '../outcomes';
 import { FEED_CONTENT_TYPE, FEED_KEEPALIVE_MS, FEED_TICK_MS } from './feed';
-import { MAX_CLOCK_LEAD_MS } from './pending';
+import { takenAt } from './pending';
 
 export type { HealthStatus } from '../outcomes';
 
@@ -276,7 +276,7 @@ export class HealthChecker extends EventEmitter<HealthEvents> {
     // The first line after a watch opens says nothing of when the figures changed.
     if (key !== p.lineKey && p.lineKey !== null) p.changedAt = now;
     p.lineKey = key;
-    p.lineHeld = answer.load === null ? now : now - Math.min(MAX_CLOCK_LEAD_MS, Math.max(0, now - answer.load.at));
+    p.lineHeld = answer.load === null ? now : takenAt(answer.load.at, now);
     const before = p.status;
     if (before !== null && !before.up) return;
     if (before !== null && before.load !== null && figuresKey(before.state, before.load) === key) return;
@@ -372,7 +372,7 @@ const BEAT_PARAM = /;\s*beat=(\d{1,6})\s*(?:;|$)/;
 const ACTIVE_PARAM = /;\s*active=(\d{1,6})\s*(?:;|$)/;
 
 /** A feed's `beat=` and `active=` media type parameters (feed.ts), in ms; 0 when absent or absurd. */
-export function feedParams(type: string): { beatMs: number; activeMs: number } {
+function feedParams(type: string): { beatMs: number; activeMs: number } {
   const beatMs = Number(BEAT_PARAM.exec(type)?.[1] ?? 0);
   const activeMs = Number(ACTIVE_PARAM.exec(type)?.[1] ?? 0);
   return beatMs > 0 && activeMs > beatMs ? { beatMs, activeMs } : { beatMs: 0, activeMs: 0 };

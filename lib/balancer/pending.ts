@@ -89,11 +89,12 @@ interface Routed {
 type OthersSample = [number, number, number];
 
 /**
- * When a report first used at `now` was taken, by this balancer's clock: its own time, but no
- * earlier than MAX_CLOCK_LEAD_MS before now (a peer's clock may disagree) and no later than now.
+ * When figures of time `at` (the peer's clock) first used at `now` were taken, by this balancer's
+ * clock: their own time, but no earlier than MAX_CLOCK_LEAD_MS before now (a peer's clock may
+ * disagree) and no later than now.
  */
-function takenAt(report: LoadReport, now: number): number {
-  return now - Math.min(MAX_CLOCK_LEAD_MS, Math.max(0, now - report.at));
+export function takenAt(at: number, now: number): number {
+  return now - Math.min(MAX_CLOCK_LEAD_MS, Math.max(0, now - at));
 }
 
 export class PendingLoad {
@@ -136,7 +137,7 @@ export class PendingLoad {
     let r = this.#routed.get(memberId);
     if (!r) {
       // The first report is a sample too: one fresh report later there is a rate (often 0).
-      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0, takenAt(report, now)]], othersTotal: 0, pattern: 1 };
+      r = { times: [], at: report.at, sessions: report.sessions, opened: report.opened, pending: report.pending ?? null, seenAt: now, others: [[report.at, 0, takenAt(report.at, now)]], othersTotal: 0, pattern: 1 };
       this.#routed.set(memberId, r);
       return r;
     }
@@ -168,7 +169,7 @@ export class PendingLoad {
       const kept = report.pending != null && r.pending !== null ? report.pending - r.pending : 0;
       r.othersTotal += Math.max(0, grown + kept - drop);
       r.pending = report.pending ?? null;
-      r.others.push([report.at, r.othersTotal, takenAt(report, now)]);
+      r.others.push([report.at, r.othersTotal, takenAt(report.at, now)]);
       while (r.others.length > 0 && report.at - (r.others[0] as OthersSample)[0] > RATE_WINDOW_MS) r.others.shift();
     }
     const expired = now - this.#maxAgeMs;

@@ -1,12 +1,14 @@
 /**
  * nginx and HAProxy in front of the plain backends: configuration (best practice for Meteor/SockJS,
  * one worker / one thread), start as non-daemons with their own pid/log/socket paths in a temp
- * dir, and the hooks the failover measurement reads (nginx error log, HAProxy stats socket).
+ * dir, and the hooks the failover measurement reads (nginx error log, HAProxy stats socket). Also
+ * bench/floor.ts, a bare Node front, for telling Node's own cost from ddp-cluster's.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { compiled } from './compiled';
 
 export interface Backend {
   readonly id: string;
@@ -16,7 +18,7 @@ export interface Backend {
 }
 
 export interface ProxyProcess {
-  readonly kind: 'nginx' | 'haproxy';
+  readonly kind: 'nginx' | 'haproxy' | 'floor';
   readonly url: string;
   readonly dir: string;
   /** Processes that do the proxying (nginx master + worker; haproxy). */
@@ -212,6 +214,15 @@ export async function startHaproxy(bin: string, dir: string, port: number, backe
   await waitPort(port, proc, 10_000, 'haproxy', () => out);
   const pid = proc.pid ?? 0;
   return { kind: 'haproxy', url: `http://127.0.0.1:${port}`, dir, pids: () => [pid], stop: stopper(proc) };
+}
+
+/** bench/floor.ts (compiled) in front of the backends; weights are ignored. */
+export async function startFloor(dir: string, port: number, backends: readonly Backend[]): Promise<ProxyProcess> {
+  fs.mkdirSync(dir, { recursive: true });
+  const proc = fork(compiled('floor'), [String(port), ...backends.map((b) => String(b.port))], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  await waitPort(port, proc, 10_000, 'bench/floor', () => '');
+  const pid = proc.pid ?? 0;
+  return { kind: 'floor', url: `http://127.0.0.1:${port}`, dir, pids: () => [pid], stop: stopper(proc) };
 }
 
 function readTail(file: string): string {

@@ -20,20 +20,19 @@
  * server for discovery (same sources as the tests: CLUSTER_TEST_MONGO_URL, mongod, or FerretDB).
  * Everything is on loopback; every load loop is bounded in count and time.
  */
-import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { disposeAll, freePort, startMongo } from '../examples/node-ddp-app/mongo';
+import { disposeAll, startMongo } from '../examples/node-ddp-app/mongo';
 import type { FailoverResult, HoldResult, Job, JobResult, LatencyResult, RebalanceResult, SetupResult, ThroughputResult } from './loadgen';
 import { foreignCores, machine, systemCpu, usage, type Usage } from './procstat';
-import { compiled } from './compiled';
 import { analyzeProfile } from './profile';
 import { LogTail, haproxyServerStats, requireProxies } from './proxies';
 import { median, writeReport, type RunRecord, type Sample } from './report';
-import { IDS, SETUPS, Stack, sleep, type BackendStats, type SetupName, type StackOptions } from './setups';
+import { ALL_SETUPS, IDS, SETUPS, Stack, sleep, type BackendStats, type SetupName, type StackOptions } from './setups';
 
 const REPO = path.resolve(__dirname, '..');
 
@@ -697,12 +696,11 @@ type CostSetup = (typeof COST_SETUPS)[number];
  * ratio entry / behind is steadier than either figure: this VM's speed drifts by ±20 %.
  */
 async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
-  const stackName: SetupName = name === 'floor' ? 'direct' : name === 'pin' ? 'hop' : name;
+  const stackName: SetupName = name === 'pin' ? 'hop' : name;
   // pin: the forced hop's policy, but every instance has a balancer URL (its own address), so the
   // client is pinned there and opens its session on the member directly: no hop.
   const extra: Partial<StackOptions> = name === 'pin' ? { env: (_id, port) => ({ CLUSTER_BALANCER_URL: `http://127.0.0.1:${port}` }) } : {};
   await withStack(ctx, stackOptions(ctx, stackName, extra), async (stack) => {
-    let floor: ChildProcess | null = null;
     let entry: string;
     let front: () => number[];
     let behind: () => number[];
@@ -711,39 +709,26 @@ async function cost(ctx: Ctx, name: CostSetup): Promise<void> {
       entry = (stack.backends.find((b) => b.id === 'a') as { url: string }).url;
       front = () => pidsOf(['a']);
       behind = () => pidsOf(['b', 'c']);
-    } else if (name === 'floor') {
-      const port = await freePort();
-      floor = fork(compiled('floor'), [String(port), ...stack.backends.map((b) => new URL(b.url).port)], {
-        cwd: REPO, execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      });
-      await once(floor, 'message');
-      entry = `http://127.0.0.1:${port}`;
-      front = () => [floor?.pid ?? 0];
-      behind = () => stack.backendPids();
     } else {
       entry = stack.entries.entries[0] as string;
       front = () => stack.proxyPids();
       behind = () => stack.backendPids();
     }
-    try {
-      const job: Job = { kind: 'setup', transport: 'ws', entries: [entry], pick: 'rr', ...P.setup, durationMs: quick ? 3000 : 8000 };
-      await waitQuiet(() => [...front(), ...behind()]);
-      let u0 = [usage(front()).cpu, usage(behind()).cpu];
-      let du = [0, 0];
-      const r = await runJob<SetupResult>(job, {
-        onMessage: (m) => {
-          if (m.type !== 'mark') return;
-          if (m.what === 'start') u0 = [usage(front()).cpu, usage(behind()).cpu];
-          else du = [usage(front()).cpu - (u0[0] ?? 0), usage(behind()).cpu - (u0[1] ?? 0)];
-        },
-      });
-      const n = r.perSec * (job.durationMs / 1000);
-      const per = (cpu: number): number => (n > 0 ? (cpu / n) * 1000 : NaN);
-      const [f, b] = [per(du[0] ?? 0), per(du[1] ?? 0)];
-      log(`cost ${name.padEnd(7)} ${String(r.perSec).padStart(7)} set-ups/s (${r.errors} errors): CPU ms per set-up: entry ${f.toFixed(3)}, behind it ${b.toFixed(3)}, entry/behind ${(f / b).toFixed(2)}`);
-    } finally {
-      floor?.kill();
-    }
+    const job: Job = { kind: 'setup', transport: 'ws', entries: [entry], pick: 'rr', ...P.setup, durationMs: quick ? 3000 : 8000 };
+    await waitQuiet(() => [...front(), ...behind()]);
+    let u0 = [usage(front()).cpu, usage(behind()).cpu];
+    let du = [0, 0];
+    const r = await runJob<SetupResult>(job, {
+      onMessage: (m) => {
+        if (m.type !== 'mark') return;
+        if (m.what === 'start') u0 = [usage(front()).cpu, usage(behind()).cpu];
+        else du = [usage(front()).cpu - (u0[0] ?? 0), usage(behind()).cpu - (u0[1] ?? 0)];
+      },
+    });
+    const n = r.perSec * (job.durationMs / 1000);
+    const per = (cpu: number): number => (n > 0 ? (cpu / n) * 1000 : NaN);
+    const [f, b] = [per(du[0] ?? 0), per(du[1] ?? 0)];
+    log(`cost ${name.padEnd(7)} ${String(r.perSec).padStart(7)} set-ups/s (${r.errors} errors): CPU ms per set-up: entry ${f.toFixed(3)}, behind it ${b.toFixed(3)}, entry/behind ${(f / b).toFixed(2)}`);
   });
 }
 
@@ -764,10 +749,10 @@ async function main(): Promise<void> {
   const outDir = path.resolve(args.out ?? path.join(REPO, 'bench', 'results'));
   const costSetups = (args.setups ?? 'hop,nginx,floor').split(',').map((s) => s.trim() as CostSetup);
   for (const s of costSetups) if (args.cost === true && !COST_SETUPS.includes(s)) throw new Error(`unknown setup ${s} for --cost; choose from ${COST_SETUPS.join(',')}`);
-  const want = new Set<SetupName>((args.cost === true ? costSetups.map((s) => (s === 'floor' ? 'direct' : s === 'pin' ? 'hop' : s)) : args.setups ? args.setups.split(',') : [...SETUPS]).map((s) => s.trim() as SetupName));
-  for (const s of want) if (!SETUPS.includes(s)) throw new Error(`unknown setup ${s}; choose from ${SETUPS.join(',')}`);
+  const want = new Set<SetupName>((args.cost === true ? costSetups.map((s) => (s === 'pin' ? 'hop' : s)) : args.setups ? args.setups.split(',') : [...SETUPS]).map((s) => s.trim() as SetupName));
+  for (const s of want) if (!ALL_SETUPS.includes(s)) throw new Error(`unknown setup ${s}; choose from ${ALL_SETUPS.join(',')}`);
   want.add('direct');
-  const setups = SETUPS.filter((s) => want.has(s));
+  const setups = ALL_SETUPS.filter((s) => want.has(s));
   const defaultPhases: readonly Phase[] = quick ? ['latency', 'throughput', 'setup'] : PHASES;
   const phases = new Set<Phase>((args.phases ? args.phases.split(',') : defaultPhases).map((p) => p.trim() as Phase));
   for (const p of phases) if (!PHASES.includes(p)) throw new Error(`unknown phase ${p}; choose from ${PHASES.join(',')}`);

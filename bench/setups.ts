@@ -7,6 +7,9 @@
  *   cluster  ddp-cluster attached, default policy, each client enters at a random instance
  *   nginx    nginx in front of the plain instances
  *   haproxy  HAProxy in front of the plain instances
+ * and, only when asked for (`--setups floor`):
+ *   floor    bench/floor.ts, a bare Node front, in front of the plain instances: Node's own cost of
+ *            a front, nothing of ddp-cluster's
  * A Stack is one running setup: backends in their own processes (bench/backend.ts) plus the proxy.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -15,10 +18,12 @@ import { freePort, uniqueDbUrl } from '../examples/node-ddp-app/mongo';
 import { EXAMPLE_SECRET } from '../examples/node-ddp-app/secret';
 import type { EntryPick } from './loadgen';
 import { compiled } from './compiled';
-import { startHaproxy, startNginx, type Backend, type ProxyProcess } from './proxies';
+import { startFloor, startHaproxy, startNginx, type Backend, type ProxyProcess } from './proxies';
 
+/** The setups of a full run. */
 export const SETUPS = ['direct', 'local', 'hop', 'cluster', 'nginx', 'haproxy'] as const;
-export type SetupName = (typeof SETUPS)[number];
+export const ALL_SETUPS = [...SETUPS, 'floor'] as const;
+export type SetupName = (typeof ALL_SETUPS)[number];
 export const CLUSTER_SETUPS: readonly SetupName[] = ['local', 'hop', 'cluster'];
 
 export const SETUP_LABELS: Readonly<Record<SetupName, string>> = {
@@ -28,6 +33,7 @@ export const SETUP_LABELS: Readonly<Record<SetupName, string>> = {
   cluster: 'ddp-cluster, cluster mode',
   nginx: 'nginx',
   haproxy: 'HAProxy',
+  floor: 'bare Node front',
 };
 
 export const IDS = ['a', 'b', 'c'] as const;
@@ -133,6 +139,10 @@ export class Stack {
         ? await startNginx(o.bins.nginx, dir, port, weights, o.maxConns)
         : await startHaproxy(o.bins.haproxy, dir, port, weights, o.maxConns);
       if (o.name === 'haproxy') await this.#waitHaproxyUp();
+    }
+    if (o.name === 'floor') {
+      const port = await freePort();
+      this.proxy = await startFloor(path.join(o.tmpDir, `floor-${port}`), port, weights);
     }
   }
 

@@ -167,7 +167,7 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
       if (i !== -1 && ACTIONS.has(action) && REASONS.has(reason)) c.inc({ action, reason }, n);
     }
   });
-  const scalar = (name: string, help: string, field: 'proxyErrors' | 'retries' | 'untrustedHops'): void =>
+  const scalar = (name: string, help: string, field: 'proxyErrors' | 'retries' | 'untrustedHops' | 'lostRelayedPolls'): void =>
     void counter(name, help, [], (c, s) => c.inc(num(s.stats[field])));
   scalar('ddp_cluster_proxy_errors_total', 'Proxied requests and upgrades that failed.', 'proxyErrors');
   // Fed by the lifecycle events (events.ts), not by stats(): error kinds are a fixed set of codes.
@@ -178,6 +178,7 @@ export function createMetrics(deps: MetricsDeps): ClusterMetrics {
   });
   scalar('ddp_cluster_proxy_retries_total', 'New sessions retried on another member after a failed connect.', 'retries');
   scalar('ddp_cluster_untrusted_hops_total', 'Requests whose hop header did not verify (stripped).', 'untrustedHops');
+  scalar('ddp_cluster_lost_relayed_polls_total', 'Polling sessions here closed (404) because the peer relaying them went away while an answer may have been in flight.', 'lostRelayedPolls');
   counter('ddp_cluster_hops_total', 'Requests forwarded between instances: in = received with a verified hop header, out = forwarded to a peer.', ['direction'], (c, s) => {
     c.inc({ direction: 'in' }, num(s.stats.hopsIn));
     c.inc({ direction: 'out' }, num(s.stats.hopsOut));

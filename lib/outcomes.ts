@@ -106,6 +106,11 @@ export interface BalancerStats {
   retries: number;
   proxyErrors: number;
   untrustedHops: number;
+  /**
+   * Polling sessions here whose relaying peer's connection ended while an answer on it may have
+   * been in flight (lib/balancer/relayed.ts): answered 404 since, so their clients reconnect.
+   */
+  lostRelayedPolls: number;
   /** Refused by the Origin allow-list (CLUSTER_ALLOWED_ORIGINS). */
   forbiddenOrigins: number;
   /** Refused because too many proxied requests were pending. */

@@ -311,20 +311,26 @@ describe('hardening (issue 12)', function () {
     const bPort = await freePort();
     let resetReused = false;
     const resets: string[] = [];
+    // b's side of a reset connection is left to b, which closes it when idle: to b it looks like
+    // the connection it closed itself, not like a peer that went away after an answer (relayed.ts).
+    const upstreams = new Set<net.Socket>();
     const relay = net.createServer((client) => {
       const upstream = net.connect(bPort, '127.0.0.1');
+      upstreams.add(upstream);
       let answered = false;
+      let dropped = false;
       upstream.on('data', () => void (answered = true));
       client.on('data', (chunk: Buffer) => {
         if (resetReused && answered) {
           resets.push(chunk.toString('latin1', 0, 60).split('\r\n')[0] ?? '');
+          dropped = true;
+          client.unpipe(upstream);
           client.resetAndDestroy();
-          upstream.destroy();
         }
       });
       client.pipe(upstream).pipe(client);
       for (const s of [client, upstream]) s.on('error', () => undefined);
-      client.on('close', () => upstream.destroy());
+      client.on('close', () => dropped || upstream.destroy());
       upstream.on('close', () => client.destroy());
     });
     await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
@@ -342,6 +348,7 @@ describe('hardening (issue 12)', function () {
       assert.equal(a.cluster.stats().proxyErrors, a.cluster.stats().retries, 'every reset was retried');
     } finally {
       relay.close();
+      for (const u of upstreams) u.destroy();
     }
   });
 

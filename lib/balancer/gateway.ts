@@ -26,6 +26,7 @@ import { Forwarder, type ProxyAttempt, type Tunnel } from './proxy';
 import { RETRY_POLICY, isRefusal, retryVerdict } from './retry';
 import { door, route, type Balanced, type Decision, type DoorDecision, type RoutePolicy } from './route';
 import { ProxiedPolls, type ProxiedPoll } from './polls';
+import { RelayedPolls } from './relayed';
 import { SessionTable } from './sessions';
 import { RecentIds } from './recent';
 import { CARRY_PROTOCOL_PARAM, CarriedSessions, SOCKJS_HEADERS, sockjsServerOf } from './carried';
@@ -114,6 +115,8 @@ type Admission =
   | { readonly action: 'forbidden' }
   /** A polling session a drain moved away from here: refused, so its client reconnects elsewhere. */
   | { readonly action: 'moved' }
+  /** A polling session here whose relaying peer went away with an answer maybe in flight (relayed.ts): refused, so its client reconnects. */
+  | { readonly action: 'lost' }
   | {
     readonly action: 'balance'; readonly facts: Balanced; readonly hop: HopCheck; readonly owner: string | null;
     /** The primary handed this connection here, routed here already (CLUSTER_WORKERS_COUNT). */
@@ -132,9 +135,16 @@ export class Gateway {
   readonly #replay = new ReplayGuard();
   /** Polling sessions forwarded to peers, for a drain to move (polls.ts). */
   readonly #polls = new ProxiedPolls();
+  /** Polls served here for a relaying peer, and the sessions lost with one (relayed.ts). */
+  readonly #relayed = new RelayedPolls((sessionId) => {
+    this.#stats.lostRelayedPolls++;
+    this.#d.logger.once('warn', 'relayed-poll-lost', 'balancer.relayed_poll_lost', {
+      sessionId: sessionId.slice(0, 64), note: 'a peer relaying this polling session went away while an answer may have been in flight: the session is closed (404) so its client reconnects',
+    });
+  });
   readonly #stats: BalancerStats = {
     requests: 0, upgrades: 0, served: 0, proxied: 0, pinned: 0, rejected: 0, hopsIn: 0, hopsOut: 0,
-    retries: 0, proxyErrors: 0, untrustedHops: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
+    retries: 0, proxyErrors: 0, untrustedHops: 0, lostRelayedPolls: 0, forbiddenOrigins: 0, overloaded: 0, pendingProxies: 0,
     byTransport: {}, proxiedByTransport: {}, byReason: {}, sessionTable: 0, openProxiedSockets: 0,
     translated: 0, carriedIn: 0, translatedSessions: 0, carriedSessions: 0, pollingHop: 'relay',
   };
@@ -247,7 +257,10 @@ export class Gateway {
       this.#stats.forbiddenOrigins++;
       return { action: 'forbidden' };
     }
-    if (x.kind === 'request' && d.facts.kind === 'transport' && this.#polls.moved(d.facts.sessionId)) return { action: 'moved' };
+    if (x.kind === 'request' && d.facts.kind === 'transport') {
+      if (this.#polls.moved(d.facts.sessionId)) return { action: 'moved' };
+      if (this.#relayed.lost(d.facts.sessionId)) return { action: 'lost' };
+    }
     return { action: 'balance', facts: d.facts, hop, owner, handed };
   }
 
@@ -260,6 +273,8 @@ export class Gateway {
         return x.reply(403, 'origin not allowed');
       case 'moved':
         return x.reply(404, 'session moved');
+      case 'lost':
+        return x.reply(404, 'session lost');
       case 'app':
         return x.serveHere(null);
       case 'health':
@@ -439,7 +454,10 @@ export class Gateway {
     const { x, facts } = a;
     this.#stats.served++;
     this.remember(facts, a.decision, null);
-    if (x.kind === 'request' && facts.kind === 'transport') this.#d.servedPoll?.(facts.sessionId, x.res);
+    if (x.kind === 'request' && facts.kind === 'transport') {
+      this.#d.servedPoll?.(facts.sessionId, x.res);
+      if (a.hop.kind === 'trusted' && !SENDS.has(facts.transport)) this.#relayed.watch(facts.sessionId, x.req, x.res);
+    }
     if ('localUrl' in facts) x.req.url = facts.localUrl;
     x.serveHere(a.hop.kind === 'trusted' ? a.hop.client : null);
   }

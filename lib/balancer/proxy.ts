@@ -34,8 +34,8 @@ export interface Tunnel {
 export type ProxyFailure = (err: Error, clientTouched: boolean) => void;
 
 export class Forwarder {
-  readonly #httpAgent = new IdleAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
-  readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: 256, scheduling: 'lifo' });
+  readonly #httpAgent = new IdleAgent({ keepAlive: true, maxFreeSockets: Infinity, scheduling: 'lifo' });
+  readonly #httpsAgent = new IdleHttpsAgent({ keepAlive: true, maxFreeSockets: Infinity, scheduling: 'lifo' });
   readonly #upgrades = new Set<Socket>();
 
   /**

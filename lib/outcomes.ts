@@ -46,7 +46,7 @@ export type MalformedReason = (typeof MALFORMED_REASONS)[number];
 /** Why a hop header was not trusted (hop.ts). */
 export const HOP_REJECTIONS = [
   'malformed', 'no CLUSTER_SECRET to verify with', 'bad signature', 'expired', 'signed for another request',
-  'signed for another instance', 'from this instance', 'replayed',
+  'signed for another instance', 'from this instance', 'replayed', 'made before this instance started',
 ] as const;
 export type HopRejection = (typeof HOP_REJECTIONS)[number];
 

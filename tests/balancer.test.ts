@@ -8,7 +8,7 @@ import {
 import { mongo, uniqueDbUrl } from './support/mongo';
 import { HOP_HEADER, makeHop } from '../lib/balancer/hop';
 import { keysFrom } from '../lib/sign';
-import { TEST_SECRET, freePort, spawnInstance, startCluster, waitView, type ChildInstance, type Instance } from './support/cluster';
+import { TEST_SECRET, freePort, spawnInstance, startCluster, startInstance, waitView, type ChildInstance, type Instance } from './support/cluster';
 import { eventually } from './support/wait';
 import { rawRequest } from './support/raw';
 
@@ -398,6 +398,26 @@ describe('balancer (three real instances, real clients)', function () {
       assert.equal(await connect('garbage'), CLIENT, 'malformed');
       assert.equal(at(B).cluster.stats().untrustedHops, 6);
       assert.ok(at(B).logs.some((l) => l.includes('balancer.untrusted_hop') && l.includes('bad signature')));
+    });
+
+    it('refuses a hop header made before its target restarted with the same instance id (the replay guard is in memory)', async () => {
+      process.env.HTTP_FORWARDED_COUNT = '0';
+      cluster = await startCluster(['a', 'b'], url);
+      const hashB = at(B).cluster.view().self!.endpointHash;
+      const path = `/cluster-ddp/${hashB}/web/websocket`;
+      const claimed = { remoteAddress: '198.51.100.9', forwardedFor: null };
+      const captured = makeHop(keysFrom(TEST_SECRET, null), 'GET', path, claimed, 'a', 'b', Date.now());
+      const connect = async (target: Instance): Promise<string | null> => {
+        const c = track(await wsDdp(`${target.url}/cluster-ddp/${hashB}/web`, { localAddress: CLIENT, headers: { [HOP_HEADER]: captured } }));
+        return (await whoami(c)).clientAddress;
+      };
+      assert.equal(await connect(at(B)), '198.51.100.9', 'trusted once');
+      // b restarts on the same port (same endpoint, same pinned path) with the same instance id.
+      const port = Number(new URL(at(B).url).port);
+      await at(B).close();
+      cluster[B] = await startInstance({ id: 'b', discoveryUrl: url, port });
+      assert.equal(await connect(at(B)), CLIENT, 'the captured header is refused by the new process');
+      assert.ok(at(B).logs.some((l) => l.includes('balancer.untrusted_hop') && l.includes('made before this instance started')));
     });
   });
 

@@ -133,6 +133,8 @@ export class Gateway {
   readonly #forwarder = new Forwarder();
   readonly #sessions: SessionTable;
   readonly #replay = new ReplayGuard();
+  /** Hop headers made before this (an earlier process with this instance id may have seen them) are refused. */
+  readonly #startedAt = Date.now();
   /** Polling sessions forwarded to peers, for a drain to move (polls.ts). */
   readonly #polls = new ProxiedPolls();
   /** Polls served here for a relaying peer, and the sessions lost with one (relayed.ts). */
@@ -646,13 +648,13 @@ export class Gateway {
     const value = req.headers[HOP_HEADER];
     if (value === undefined) return { kind: 'none' };
     delete req.headers[HOP_HEADER];
-    const check = checkHop(this.#m.keys, value, req.method ?? 'GET', req.url ?? '/', this.#m.selfId(), Date.now(), this.#replay.check);
+    const check = checkHop(this.#m.keys, value, req.method ?? 'GET', req.url ?? '/', this.#m.selfId(), Date.now(), this.#replay.check, this.#startedAt);
     if (check.kind === 'trusted' && countIn) this.#stats.hopsIn++;
     if (check.kind === 'untrusted') {
       this.#stats.untrustedHops++;
       this.#d.logger.once('warn', `hop:${check.reason}`, 'balancer.untrusted_hop', {
         reason: check.reason, remote: req.socket.remoteAddress,
-        note: check.reason === 'expired' ? 'check the clocks of the instances (NTP)' : 'header stripped',
+        note: check.reason === 'expired' || check.reason === 'made before this instance started' ? 'check the clocks of the instances (NTP)' : 'header stripped',
       });
     }
     return check;

@@ -65,6 +65,9 @@ const MAX_HOP_LENGTH = 12_288;
 /**
  * Checks a received hop header against the request it came with and the instance (`self`) that
  * received it. Pure apart from `replayed`, which is only asked once everything else holds.
+ * `startedAt`: when this process began taking requests. The replay guard lives in memory, so a
+ * header made before then (for an earlier process with the same instance id, which may have seen
+ * it already) is refused: restarting a target doesn't reopen a captured header's window.
  */
 export function checkHop(
   keys: Keys | null,
@@ -74,6 +77,7 @@ export function checkHop(
   self: string,
   now: number,
   replayed: (nonce: string, t: number) => boolean,
+  startedAt = -Infinity,
 ): HopCheck {
   if (value === undefined) return { kind: 'none' };
   if (typeof value !== 'string' || value.length > MAX_HOP_LENGTH) return { kind: 'untrusted', reason: 'malformed' };
@@ -92,6 +96,7 @@ export function checkHop(
   if (p.m !== method || p.u !== url) return { kind: 'untrusted', reason: 'signed for another request' };
   if (p.from === self) return { kind: 'untrusted', reason: 'from this instance' };
   if (p.to !== self) return { kind: 'untrusted', reason: 'signed for another instance' };
+  if (p.t < startedAt) return { kind: 'untrusted', reason: 'made before this instance started' };
   if (replayed(p.n, p.t)) return { kind: 'untrusted', reason: 'replayed' };
   return { kind: 'trusted', client: { remoteAddress: p.ra, forwardedFor: p.xff }, from: p.from, nonce: p.n };
 }

@@ -18,6 +18,7 @@ import { eventually } from './support/wait';
 
 const frame = (msg: Record<string, unknown>): string => JSON.stringify([JSON.stringify(msg)]);
 
+
 describe('polls relayed by a peer that dies (three real instances, one killed with -9)', function () {
   this.timeout(120_000);
   let cluster: Instance[] = [];
@@ -49,22 +50,35 @@ describe('polls relayed by a peer that dies (three real instances, one killed wi
     await eventually(async () => (await httpRequest('POST', `${entry}${path}/xhr`)).body.includes('connected'), 'DDP connected');
   }
 
-  /** A poll through `entry` that b holds (it reached b: b counted one more hop in); wrapped, so awaiting this doesn't await the poll. */
-  async function pending(entry: string, path: string, b: Instance): Promise<{ poll: Promise<string> }> {
-    const hopsIn = b.cluster.stats().hopsIn;
+  /**
+   * A poll through `entry` that b holds (it reached b), wrapped so awaiting this doesn't await the
+   * poll; `answered()`: b has written to the connection the poll came on since.
+   */
+  async function pending(entry: string, path: string, b: Instance): Promise<{ poll: Promise<string>; answered: () => boolean }> {
+    let socket: import('node:net').Socket | null = null;
+    let before = 0;
+    const seen = (req: import('node:http').IncomingMessage): void => {
+      // A relaying peer sends the member the path its sockjs knows (the session id and transport stay).
+      if (req.url?.endsWith(`${path.slice(path.lastIndexOf('/'))}/xhr`) !== true) return;
+      socket = req.socket;
+      before = req.socket.bytesWritten;
+    };
+    b.app.server.prependListener('request', seen);
     const poll = httpRequest('POST', `${entry}${path}/xhr`, undefined, { timeoutMs: 60_000 }).then((r) => `${r.status} ${r.body}`, (err: Error) => `failed: ${err.message}`);
-    await eventually(() => b.cluster.stats().hopsIn > hopsIn, 'the poll reached b');
-    return { poll };
+    await eventually(() => socket !== null, 'the poll reached b');
+    b.app.server.off('request', seen);
+    return { poll, answered: () => (socket?.bytesWritten ?? 0) > before };
   }
 
   it('an answer written to a relay that then died: the session is refused (404) everywhere, not continued with a hole', async () => {
     const { a, b, c, path } = await start('relay_lost');
     await open(c.url, path);
-    const { poll } = await pending(c.url, path, b);
-    // c stops reading; b answers the waiting poll with the pong of a ping sent to b directly. sockjs
-    // writes that answer before it answers the send: it sits unread in c's socket when c dies.
+    const { poll, answered } = await pending(c.url, path, b);
+    // c stops reading; b answers the waiting poll with the pong of a ping sent to b directly: the
+    // answer sits unread in c's socket when c dies.
     c.proc.kill('SIGSTOP');
     assert.equal((await httpRequest('POST', `${b.url}${path}/xhr_send`, frame({ msg: 'ping', id: 'p1' }))).status, 204);
+    await eventually(answered, 'b answered the poll c relayed');
     await c.kill('SIGKILL');
     assert.doesNotMatch(await poll, /pong/, 'the client never got the answer through the dead relay');
     await eventually(() => b.cluster.stats().lostRelayedPolls === 1, 'b marks the session lost');
@@ -74,6 +88,25 @@ describe('polls relayed by a peer that dies (three real instances, one killed wi
       assert.equal((await httpRequest('POST', `${entry}${path}/xhr_send`, frame({ msg: 'ping', id: 'p2' }))).status, 404);
     }
     assert.ok(b.logs.some((l) => l.includes('balancer.relayed_poll_lost')), 'logged');
+  });
+
+  it('the same for a session b carries to a (translated polling): refused (404), not continued with a hole', async () => {
+    const { a, b, c, path: pinnedB } = await start('relay_lost_carried');
+    const hashA = a.cluster.view().self?.endpointHash ?? '';
+    const hashB = b.cluster.view().self?.endpointHash ?? '';
+    const path = pinnedB.replace(`/cluster-ddp/${hashB}/`, `/cluster-ddp/${hashA}.${hashB}/`);
+    await open(c.url, path);
+    assert.equal(b.cluster.stats().translatedSessions, 1, 'b carries the session');
+    const { poll, answered } = await pending(c.url, path, b);
+    c.proc.kill('SIGSTOP');
+    assert.equal((await httpRequest('POST', `${b.url}${path}/xhr_send`, frame({ msg: 'ping', id: 'p1' }))).status, 204);
+    // The pong comes back from a over the carry websocket; b writes it to c's connection, unread.
+    await eventually(answered, 'b answered the poll c relayed');
+    await c.kill('SIGKILL');
+    assert.doesNotMatch(await poll, /pong/);
+    await eventually(() => b.cluster.stats().lostRelayedPolls === 1, 'b marks the session lost');
+    const r = await httpRequest('POST', `${b.url}${path}/xhr`);
+    assert.equal(r.status, 404, `${r.status} ${r.body}`);
   });
 
   it('polls relayed by a live peer lose no session, also when the peer closes its idle connections', async () => {

@@ -385,6 +385,8 @@ export class Gateway {
     }
     this.#stats.translated++;
     this.remember(facts, d, d.member);
+    // Relayed here by the peer the client's request reached: an answer written to it may die with it.
+    if (a.hop.kind === 'trusted' && !SENDS.has(facts.transport)) this.#relayed.watch(sessionId, x.req, x.res);
     x.req.url = facts.localUrl;
     x.req.socket.setTimeout(STREAMING.has(facts.transport) ? 0 : POLL_TIMEOUT_MS);
     if (known) return translator.serve(sessionId, x.req, x.res);

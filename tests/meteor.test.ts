@@ -12,6 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { endpointHash } from '../lib/index';
@@ -35,7 +36,7 @@ const figures: Record<string, unknown> = {};
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
 /** The member's dashboard API snapshot: the members it sees and its own stats. */
-interface ApiStats { readonly sockjsEntry?: string; readonly pollingHop?: string; readonly translatedSessions?: number; readonly carriedSessions?: number }
+interface ApiStats { readonly sockjsEntry?: string; readonly pollingHop?: string; readonly translatedSessions?: number; readonly carriedSessions?: number; readonly lostRelayedPolls?: number }
 async function apiCluster(p: MeteorProcess): Promise<{ members: ApiMember[]; stats: ApiStats }> {
   const res = await fetch(`${p.url}/cluster/api/cluster`, {
     headers: { authorization: `Basic ${Buffer.from(`test:${PASSWORD}`).toString('base64')}` },
@@ -390,6 +391,89 @@ describe('Real Meteor: examples built with meteor build, bundles run with node m
       const line = await cluster.get('web-1').waitForLine(/"event":"discover\.websocket_disabled"/, 'the discover.websocket_disabled error', 60_000);
       assert.match(line, /"service":"search"/);
       assert.match(line, /unset DISABLE_WEBSOCKETS/);
+    });
+  });
+
+  describe('polling behind a plain round-robin TCP front: DISABLE_WEBSOCKETS=1, every request of a session at any of three balancers', () => {
+    let cluster: Cluster;
+    // One context per page: a browser keeps at most 6 connections per host, and every polling page
+    // holds one in a long poll.
+    const contexts: BrowserContext[] = [];
+    let front: net.Server;
+    const sockets = new Set<net.Socket>();
+
+    before(async function () {
+      this.timeout(180_000);
+      cluster = await startWeb(web, 'rr', 3, () => ({ DISABLE_WEBSOCKETS: '1' }));
+      // What README's "point DNS or any plain load balancer at any of them" means: each connection
+      // to the next instance in turn, so a session's polls keep reaching all three balancers.
+      const targets = ['web-1', 'web-2', 'web-3'].map((id) => Number(new URL(cluster.get(id).url).port));
+      let next = 0;
+      front = net.createServer((client) => {
+        const upstream = net.connect(targets[next++ % targets.length] as number, '127.0.0.1');
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on('error', () => undefined);
+          s.on('close', () => {
+            sockets.delete(s);
+            client.destroy();
+            upstream.destroy();
+          });
+        }
+        client.pipe(upstream).pipe(client);
+      });
+      await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+    });
+
+    after(async () => {
+      await Promise.all(contexts.map((c) => c.close().catch(() => undefined)));
+      front?.close();
+      for (const s of sockets) s.destroy();
+    });
+
+    // The loss itself (an answer written to a relay that then died) is a race this test doesn't
+    // force: tests/relayed.test.ts does, on real sockets. Here real pages must keep calling through
+    // the kill; a page left with a hole stops, its call never answered.
+    it('kill -9 of a member that also relays the others\' polls: every page keeps calling methods, none waits forever', async () => {
+      const url = `http://127.0.0.1:${(front.address() as net.AddressInfo).port}`;
+      const pages: AppPage[] = [];
+      const t0 = Date.now();
+      for (let i = 0; i < 8; i++) {
+        const context = await browser.newContext();
+        contexts.push(context);
+        pages.push(await openPage(context, url));
+      }
+      figures.rrPagesOpenMs = Date.now() - t0;
+      const before = await Promise.all(pages.map((p) => whoami(p)));
+      assert.deepEqual([...new Set(await Promise.all(pages.map(transportOf)))], ['xhr-polling']);
+      // Every page calls a method again and again, so answers are in flight through every balancer
+      // when web-3 dies.
+      await Promise.all(pages.map((p) => p.page.evaluate(() => {
+        const g = globalThis as any;
+        g.calls = 0;
+        void (async () => {
+          while (g.stopCalls !== true) {
+            try {
+              await g.Package.meteor.Meteor.callAsync('whoami');
+              g.calls++;
+            } catch {
+              g.callErrors = (g.callErrors ?? 0) + 1;
+            }
+          }
+        })();
+      })));
+      const calls = (): Promise<number[]> => Promise.all(pages.map((p) => p.page.evaluate(() => (globalThis as any).calls as number)));
+      await eventually(async () => (await calls()).every((n) => n >= 5), 'every page calling');
+      const atKill = await calls();
+      const killedAt = Date.now();
+      await cluster.get('web-3').kill('SIGKILL');
+      // An answer written to the dead relay used to leave its session going with a hole: that
+      // call's 'updated' never came, and the page's calls stopped for good.
+      await eventually(async () => (await calls()).every((n, i) => n >= (atKill[i] ?? 0) + 5), 'every page\'s calls go on', 30_000, 200)
+        .catch(async (err: Error) => assert.fail(`${err.message}: calls at the kill ${atKill.join()}, now ${(await calls()).join()} (pages on ${before.map((w) => w.instance).join()})`));
+      figures.rrKillAnsweredMs = Date.now() - killedAt;
+      await Promise.all(pages.map((p) => p.page.evaluate(() => void ((globalThis as any).stopCalls = true))));
+      figures.rrKillLostRelayedPolls = await Promise.all(['web-1', 'web-2'].map(async (id) => (await apiCluster(cluster.get(id))).stats.lostRelayedPolls));
     });
   });
 

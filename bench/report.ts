@@ -156,7 +156,7 @@ export function markdown(run: RunRecord): string {
   }
   const m = run.machine;
   return [
-    `Measured ${run.startedAt.slice(0, 16).replace('T', ' ')} UTC with \`${run.command}\` (${run.durationS} s, ${run.quick ? 'quick' : 'full'} run; commit ${run.git.commit}${run.git.dirty ? ' with uncommitted lib/ changes' : ''}).`,
+    `Measured ${run.startedAt.slice(0, 16).replace('T', ' ')} UTC with \`${run.command}\` (${run.durationS} s, ${run.quick ? 'quick' : /--(setups|phases|repeats)\b/.test(run.command) ? 'partial' : 'full'} run; commit ${run.git.commit}${run.git.dirty ? ' with uncommitted lib/ changes' : ''}).`,
     `Machine: ${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, Node ${m.node}; nginx ${run.proxies.nginx ?? '–'}, HAProxy ${run.proxies.haproxy ?? '–'}; discovery on ${run.discovery}.`,
     '(×n) = ratio to the direct setup. Every process (3 instances, proxy, load generator, MongoDB) shares the same 2 cores.',
     '',

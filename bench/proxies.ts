@@ -216,9 +216,8 @@ export async function startHaproxy(bin: string, dir: string, port: number, backe
   return { kind: 'haproxy', url: `http://127.0.0.1:${port}`, dir, pids: () => [pid], stop: stopper(proc) };
 }
 
-/** bench/floor.ts (compiled) in front of the backends; weights are ignored. */
+/** bench/floor.ts (compiled) in front of the backends; weights are ignored, and `dir` stays unused (it writes nothing). */
 export async function startFloor(dir: string, port: number, backends: readonly Backend[]): Promise<ProxyProcess> {
-  fs.mkdirSync(dir, { recursive: true });
   const proc = fork(compiled('floor'), [String(port), ...backends.map((b) => String(b.port))], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   await waitPort(port, proc, 10_000, 'bench/floor', () => '');
   const pid = proc.pid ?? 0;

@@ -385,8 +385,7 @@ export class Gateway {
     }
     this.#stats.translated++;
     this.remember(facts, d, d.member);
-    // Relayed here by the peer the client's request reached: an answer written to it may die with it.
-    if (a.hop.kind === 'trusted' && !SENDS.has(facts.transport)) this.#relayed.watch(sessionId, x.req, x.res);
+    this.watchRelayed(a, x, facts);
     x.req.url = facts.localUrl;
     x.req.socket.setTimeout(STREAMING.has(facts.transport) ? 0 : POLL_TIMEOUT_MS);
     if (known) return translator.serve(sessionId, x.req, x.res);
@@ -460,10 +459,18 @@ export class Gateway {
     this.remember(facts, a.decision, null);
     if (x.kind === 'request' && facts.kind === 'transport') {
       this.#d.servedPoll?.(facts.sessionId, x.res);
-      if (a.hop.kind === 'trusted' && !SENDS.has(facts.transport)) this.#relayed.watch(facts.sessionId, x.req, x.res);
+      this.watchRelayed(a, x, facts);
     }
     if ('localUrl' in facts) x.req.url = facts.localUrl;
     x.serveHere(a.hop.kind === 'trusted' ? a.hop.client : null);
+  }
+
+  /**
+   * A receiving poll a peer relayed here (the client's request reached it): an answer written to
+   * that peer may die with it (relayed.ts).
+   */
+  private watchRelayed(a: Attempt, x: WebExchange, facts: Extract<Balanced, { kind: 'transport' }>): void {
+    if (a.hop.kind === 'trusted' && !SENDS.has(facts.transport)) this.#relayed.watch(facts.sessionId, x.req, x.res);
   }
 
   /** A try on the decision's member: counted, remembered, then sent (a small send's body read first). */

@@ -74,10 +74,6 @@ export class RelayedPolls {
     return this.#lost.has(sessionId);
   }
 
-  get size(): number {
-    return this.#lost.size;
-  }
-
   /** The peer ended or reset the connection: was an answer on it possibly in flight? */
   private ended(socket: Watched): void {
     const c = socket[CARRIED];
